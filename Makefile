@@ -1,0 +1,37 @@
+# `make train` and `make test` create .venv on first use and reuse it after.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help train test test-fast lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)  ## train the default job (digits); pass overrides as ARGS="experiment=mnist ..."
+	$(BIN)/python trainer.py $(ARGS)
+
+test: $(STAMP)  ## the whole test suite, slow tests included (what CI runs)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)  ## ruff fix and format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: $(STAMP)  ## framework overhead: the default job against a plain PyTorch loop
+	$(BIN)/python benchmarks/overhead.py
+
+clean:  ## remove the virtual environment and caches (keeps logs/ and data/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,294 @@
+"""Datasets and the one DataModule that feeds every experiment.
+
+A dataset here is anything indexable that returns ``(image, label)`` with the image as a PIL image or a
+tensor; the DataModule applies the transforms, so a validation split carved out of a training set gets
+evaluation transforms, not augmentation. Datasets are configured as ``_partial_`` factories: nothing is
+read until ``setup``, and ``prepare_data`` (rank 0 only) calls the ones that download.
+"""
+
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+
+from image_classification.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DatasetFactory = Callable[[], Dataset | None]
+SPLITS = ("train", "val", "test")
+
+
+class Digits(Dataset):
+    """scikit-learn's bundled 1,797 handwritten digits as 8x8 uint8 grey images; nothing to download."""
+
+    classes = [str(i) for i in range(10)]
+
+    def __init__(self):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # 0..16 ink levels -> 0..255 so the usual uint8 -> float transforms apply unchanged.
+        pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+        self.images = torch.from_numpy(pixels).unsqueeze(1)
+        self.targets = digits.target.tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        # A plain tensor, not a tv_tensors.Image: v2 transforms treat it as an image, with less dispatch cost.
+        return self.images[index], self.targets[index]
+
+
+class CIFAR10(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR-10 reading the same ``cifar-10-batches-py`` files, checking they exist but not
+    their checksums, so a subset or a re-packed copy in the official format loads too."""
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root, self.base_folder)
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        path = Path(self.root, self.base_folder, self.meta["filename"])
+        if not path.is_file():
+            raise RuntimeError(f"{path} not found. You can use download=True to download it")
+        with path.open("rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+def _split_dirs(root: Path) -> list[str]:
+    return [s for s in SPLITS if (root / s).is_dir()]
+
+
+def _class_root(root: str | os.PathLike) -> Path:
+    """The folder whose subfolders are the classes: ``root/train`` for split layouts, else ``root``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"data directory {root} does not exist: set data.root to a folder of class subfolders "
+            "or one with train/ (and optionally val/, test/) subfolders"
+        )
+    return root / "train" if _split_dirs(root) else root
+
+
+def image_folder_classes(root: str) -> int:
+    """How many classes an ImageFolder tree has (the ``${image_folder_classes:...}`` resolver)."""
+    class_root = _class_root(root)
+    classes = [d for d in class_root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if not classes:
+        raise DataError(f"{class_root} has no class subfolders: put each class's images in a folder of its own")
+    return len(classes)
+
+
+def image_folder(root: str, split: str, **kwargs: Any) -> Dataset | None:
+    """``root/<split>`` as a torchvision ImageFolder, or ``root`` itself for ``train`` of a flat tree.
+
+    Returns None when ``root`` has split subfolders but not this one (or is flat and ``split`` is not
+    ``train``), so the DataModule holds out a fraction of train instead.
+    """
+    if split not in SPLITS:
+        raise DataError(f"image_folder split must be one of {SPLITS}, got {split!r}")
+    root_path = Path(root).expanduser()
+    class_root = _class_root(root_path)
+    if class_root == root_path:  # flat tree: class folders directly under root
+        path = root_path if split == "train" else None
+    else:
+        path = root_path / split if (root_path / split).is_dir() else None
+    if path is None:
+        if split == "train":
+            raise DataError(f"{root_path} has {_split_dirs(root_path)} but no train/ folder")
+        return None
+    empty = [
+        d.name
+        for d in sorted(path.iterdir())
+        if d.is_dir() and not any(torchvision.datasets.folder.is_image_file(str(f)) for f in d.rglob("*"))
+    ]
+    if empty:
+        raise DataError(
+            f"class folder {path / empty[0]} has no images ({len(empty)} empty in {path}): "
+            f"add {'/'.join(torchvision.datasets.folder.IMG_EXTENSIONS)} files or remove the folder"
+        )
+    return torchvision.datasets.ImageFolder(str(path), **kwargs)
+
+
+class TransformedSubset(Dataset):
+    """``dataset[indices[i]]`` with ``transform`` applied to the image."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Callable | None):
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[self.indices[index]]
+        return (self.transform(image) if self.transform else image), label
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The dataset's class names, where it says them (torchvision's ``classes`` attribute)."""
+    names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names is not None else None
+
+
+class DataModule(L.LightningDataModule):
+    """Train/val/test loaders from injected dataset factories and transforms.
+
+    A missing val or test set (``None``, or a factory that returns None) is held out of the training set:
+    ``test_fraction`` first, then ``val_fraction`` of the rest, by a permutation seeded with ``split_seed``
+    (independent of the run's ``seed``, so every run of an experiment is tested on the same images).
+
+    Args:
+        root: where the data lives, for the dataset configs to point at; checked to exist.
+        download: fetch the data in ``prepare_data`` (the dataset configs pass it to their factories).
+        channels, image_size: what a transformed training image must be; checked on the first image, so a
+            network configured from them (``${data.channels}``) fits the data.
+    """
+
+    def __init__(
+        self,
+        train_set: DatasetFactory,
+        num_classes: int,
+        root: str | None = None,
+        download: bool = False,
+        channels: int | None = None,
+        image_size: int | None = None,
+        val_set: DatasetFactory | None = None,
+        test_set: DatasetFactory | None = None,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+    ):
+        super().__init__()
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise DataError(f"data.{name} must be in [0, 1), got {fraction}")
+        self.factories = {"train": train_set, "val": val_set, "test": test_set}
+        self.num_classes = num_classes
+        self.root = root
+        self.download = download
+        self.channels = channels
+        self.image_size = image_size
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.loader_kwargs = dict(
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+        self.drop_last = drop_last
+        self.datasets: dict[str, Dataset] = {}
+        self.classes: list[str] | None = None
+
+    def prepare_data(self) -> None:
+        """Download the datasets when ``download`` is set (Lightning runs this on one process only)."""
+        if self.download:
+            for name, factory in self.factories.items():
+                if factory is not None:
+                    self._build(name, factory)
+
+    def _build(self, name: str, factory: DatasetFactory) -> Dataset | None:
+        try:
+            return factory()
+        except DataError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:  # torchvision's "Dataset not found", bad paths
+            target = getattr(getattr(factory, "func", factory), "__qualname__", repr(factory))
+            raise DataError(f"data.{name}_set ({target}) could not be loaded: {err}") from err
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets and splits once (idempotent, so ``train`` can validate data before fitting)."""
+        if self.datasets:
+            return
+        if self.root is not None and not self.download and not Path(self.root).expanduser().is_dir():
+            raise DataError(f"data directory {self.root} does not exist: set data.root, or data.download=true")
+        full_train = self._build("train", self.factories["train"])
+        sets = {
+            name: self._build(name, factory) if factory is not None else None
+            for name, factory in self.factories.items()
+            if name != "train"
+        }
+        order = np.random.default_rng(self.split_seed).permutation(len(full_train))
+        n_test = round(self.test_fraction * len(full_train)) if sets["test"] is None else 0
+        n_val = round(self.val_fraction * (len(full_train) - n_test)) if sets["val"] is None else 0
+        if sets["test"] is None and n_test == 0:
+            raise DataError("there is no test set: configure data.test_set or set data.test_fraction > 0")
+        if sets["val"] is None and n_val == 0:
+            raise DataError("there is no validation set: configure data.val_set or set data.val_fraction > 0")
+        held = {"test": order[:n_test], "val": order[n_test : n_test + n_val]}
+        self.datasets["train"] = TransformedSubset(full_train, order[n_test + n_val :], self.train_transform)
+        for name in ("val", "test"):
+            if sets[name] is None:
+                self.datasets[name] = TransformedSubset(full_train, held[name], self.eval_transform)
+                log.info(f"{name} set: {len(held[name])} images held out of the training set")
+            else:
+                self.datasets[name] = TransformedSubset(sets[name], None, self.eval_transform)
+        self.classes = class_names(full_train)
+        self._check_classes(full_train, sets)
+        for name in SPLITS:
+            if len(self.datasets[name]) == 0:
+                raise DataError(f"the {name} set is empty: check the data folder and the split fractions")
+        self._check_image(self.datasets["train"][0][0])
+
+    def _check_classes(self, train: Dataset, others: dict[str, Dataset | None]) -> None:
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise DataError(
+                f"data.num_classes is {self.num_classes} but the training set has {len(self.classes)} classes: "
+                f"set data.num_classes={len(self.classes)}"
+            )
+        for name, dataset in others.items():
+            names = class_names(dataset) if dataset is not None else None
+            if names is not None and self.classes is not None and names != self.classes:
+                raise DataError(f"the {name} set's classes {names} differ from the training set's {self.classes}")
+
+    def _check_image(self, image) -> None:
+        shape = tuple(getattr(image, "shape", ()))
+        if len(shape) != 3:
+            raise DataError(f"a transformed training image should be a CxHxW tensor, got {type(image).__name__}")
+        if self.channels is not None and shape[0] != self.channels:
+            raise DataError(f"data.channels is {self.channels} but transformed images have {shape[0]}: {shape}")
+        if self.image_size is not None and shape[1:] != (self.image_size, self.image_size):
+            raise DataError(f"data.image_size is {self.image_size} but transformed images are {shape[1:]}")
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size if name == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=self.drop_last and name == "train",
+            **self.loader_kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

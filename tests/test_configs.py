@@ -1,0 +1,164 @@
+"""Every choice of every config group composes and instantiates into a working object."""
+
+import functools
+
+import pytest
+import torch
+from conftest import CONFIGS, choices, write_cifar10, write_image_folder, write_mnist
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from image_classification.config import instantiate, instantiate_each
+
+GROUPS = [
+    "data",
+    "network",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "experiment",
+    "hp_search",
+    "debug",
+]
+
+
+def test_every_group_has_choices():
+    for group in GROUPS:
+        assert choices(group), f"configs/{group}/ has no choices"
+
+
+@pytest.mark.parametrize("choice", choices("data"))
+def test_data(make_config, tmp_path, choice):
+    data_dir = tmp_path / "data"
+    extra = []
+    if choice == "mnist":
+        write_mnist(data_dir)
+    elif choice == "cifar10":
+        write_cifar10(data_dir)
+    elif choice == "image_folder":
+        extra = [f"data.root={write_image_folder(data_dir / 'photos')}", "data.image_size=32", "data.num_workers=0"]
+    cfg = make_config(f"data={choice}", *extra)
+    datamodule = instantiate(cfg.data, "data")
+    datamodule.setup("fit")
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.dtype == torch.float32
+    assert images.shape[1:] == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    assert int(labels.max()) < cfg.data.num_classes
+    for split in ("val", "test"):
+        assert len(datamodule.datasets[split]) > 0
+
+
+@pytest.mark.parametrize("choice", choices("network"))
+def test_network_forward_backward(make_config, choice):
+    """Right output shape, no NaNs, a gradient on every trainable parameter."""
+    cfg = make_config(f"network={choice}")
+    network = instantiate(cfg.network, "network")
+    x = torch.randn(4, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    logits = network(x)
+    assert logits.shape == (4, cfg.data.num_classes)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(dim=1).sum().backward()
+    for name, param in network.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+            assert param.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+@pytest.mark.parametrize("choice", choices("loss"))
+def test_loss(make_config, choice):
+    loss_fn = instantiate(make_config(f"loss={choice}").loss, "loss")
+    logits = torch.randn(8, 10, requires_grad=True)
+    targets = torch.arange(8) % 10
+    loss = loss_fn(logits, targets)
+    loss.backward()
+    assert loss.ndim == 0 and loss.item() > 0
+    assert logits.grad is not None
+    soft = torch.nn.functional.one_hot(targets, 10).float()
+    torch.testing.assert_close(loss_fn(logits, soft), loss)
+
+
+@pytest.mark.parametrize("choice", choices("optimizer"))
+def test_optimizer_takes_a_step(make_config, choice):
+    factory = instantiate(make_config(f"optimizer={choice}").optimizer, "optimizer")
+    assert isinstance(factory, functools.partial)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = factory(params=[weight])
+    (weight**2).sum().backward()
+    optimizer.step()
+    assert (weight < 1).all()
+
+
+@pytest.mark.parametrize("choice", choices("scheduler"))
+def test_scheduler(make_config, choice):
+    cfg = make_config(f"scheduler={choice}")
+    config = instantiate(cfg.scheduler, "scheduler", _convert_="all")
+    if choice == "none":
+        assert config is None
+        return
+    assert config["interval"] in ("step", "epoch")
+    factory = config["scheduler"]
+    if factory.keywords.get("total_steps", 0) is None:
+        factory = functools.partial(factory, total_steps=20)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    scheduler = factory(optimizer)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step(1.0) if "monitor" in config else scheduler.step()
+    assert optimizer.param_groups[0]["lr"] > 0
+
+
+@pytest.mark.parametrize("choice", choices("trainer"))
+def test_trainer(make_config, choice):
+    """Built on the CPU (the test overrides set the accelerator), with each choice's other settings."""
+    cfg = make_config(f"trainer={choice}")
+    trainer = instantiate(cfg.trainer, "trainer", logger=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert str(trainer.precision) == cfg.trainer.precision
+
+
+@pytest.mark.parametrize("group", ["callbacks", "logger"])
+def test_callbacks_and_loggers(make_config, group):
+    for choice in choices(group):
+        objects = instantiate_each(make_config(f"{group}={choice}")[group], group)
+        assert (len(objects) == 0) == (choice == "none"), choice
+
+
+def test_paths_are_strings(make_config):
+    for choice in choices("paths"):
+        paths = make_config(f"paths={choice}").paths
+        assert all(isinstance(v, str) and v for v in paths.values())
+
+
+@pytest.mark.parametrize("choice", choices("hp_search"))
+def test_hp_search(make_config, tmp_path, choice):
+    """The sweep overlay composes with a sampler and a search space that Hydra's override parser accepts."""
+    with initialize_config_dir(config_dir=str(CONFIGS)):
+        cfg = compose("train", overrides=[f"hp_search={choice}"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.max_failure_rate > 0, "one failed trial must not end the sweep"
+    assert sweeper.storage and sweeper.study_name, "the study must persist so a second run resumes it"
+    sampler = instantiate(sweeper.sampler, "sampler")
+    assert type(sampler).__name__.endswith("Sampler")
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert all(o.is_sweep_override() for o in parsed)
+    for key in sweeper.params:  # every searched key exists in the composed config
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+@pytest.mark.parametrize("experiment", choices("experiment"))
+@pytest.mark.parametrize("choice", choices("debug"))
+def test_debug_overlay_survives_an_experiment(make_config, experiment, choice):
+    """`experiment=X debug=Y` keeps every debug setting: debug composes after experiment."""
+    overlay = OmegaConf.merge(
+        *(OmegaConf.load(CONFIGS / "debug" / f"{name}.yaml") for name in dict.fromkeys(["default", choice]))
+    )
+    cfg = make_config(f"experiment={experiment}", f"debug={choice}")
+    for section in ("trainer", "data"):
+        for key, value in overlay[section].items():
+            assert cfg[section][key] == value, f"{section}.{key}"
+    assert cfg.task_name == "debug"

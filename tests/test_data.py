@@ -1,0 +1,111 @@
+"""Splits, layouts and checks of the DataModule and the datasets."""
+
+import numpy as np
+import pytest
+from conftest import write_image_folder, write_mnist
+
+from image_classification.config import instantiate
+from image_classification.errors import DataError
+
+
+def setup_data(cfg):
+    datamodule = instantiate(cfg.data, "data")
+    datamodule.setup("fit")
+    return datamodule
+
+
+def indices(datamodule, split):
+    return set(datamodule.datasets[split].indices)
+
+
+def test_digits_split_is_disjoint_complete_and_fixed_by_split_seed(make_config):
+    first = setup_data(make_config())
+    train, val, test = (indices(first, s) for s in ("train", "val", "test"))
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(train | val | test) == 1797
+    assert len(test) == round(0.2 * 1797) and len(val) == round(0.1 * (1797 - len(test)))
+    again = setup_data(make_config("seed=7"))  # the run seed does not move the test set
+    assert indices(again, "test") == test
+    other = setup_data(make_config("data.split_seed=1"))
+    assert indices(other, "test") != test
+
+
+def test_validation_images_get_eval_transforms(make_config):
+    datamodule = setup_data(make_config())
+    val = datamodule.datasets["val"]
+    assert val.transform is datamodule.eval_transform
+    first, second = val[0][0], val[0][0]
+    assert (first == second).all(), "evaluation must not be augmented"
+
+
+def test_image_folder_with_train_val_test(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos")
+    cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32", "data.num_workers=0")
+    assert cfg.data.num_classes == 3  # counted from the class folders
+    datamodule = setup_data(cfg)
+    assert datamodule.classes == ["astronaut", "cat", "coffee"]
+    assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [18, 18, 18]
+
+
+def test_image_folder_flat_tree_is_split_by_fractions(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos", splits=(), per_class=10)
+    cfg = make_config(
+        "data=image_folder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.test_fraction=0.2",
+        "data.val_fraction=0.25",
+    )
+    datamodule = setup_data(cfg)
+    assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [18, 6, 6]
+
+
+def test_image_folder_without_val_holds_out_train(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos", splits=("train", "test"), per_class=10)
+    cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32", "data.val_fraction=0.1")
+    datamodule = setup_data(cfg)
+    assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [27, 3, 30]
+
+
+def test_image_folder_empty_class_folder_is_named(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos")
+    (root / "train" / "dog").mkdir()
+    cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32", "data.num_classes=3")
+    with pytest.raises(DataError, match=r"class folder .*train/dog has no images"):
+        setup_data(cfg)
+
+
+def test_mismatched_classes_between_splits_fail(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos")
+    (root / "val" / "coffee").rename(root / "val" / "tea")
+    cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32")
+    with pytest.raises(DataError, match="val set's classes"):
+        setup_data(cfg)
+
+
+def test_num_classes_and_channels_are_checked_against_the_data(make_config):
+    with pytest.raises(DataError, match="num_classes=10"):
+        setup_data(make_config("data.num_classes=12"))
+    with pytest.raises(DataError, match="data.channels is 3"):
+        setup_data(make_config("data.channels=3"))
+
+
+def test_mnist_reads_the_real_file_format(make_config, tmp_path):
+    write_mnist(tmp_path / "data", n_train=50, n_test=20)
+    datamodule = setup_data(make_config("data=mnist", "data.num_workers=0"))
+    assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [45, 5, 20]
+    images, labels = next(iter(datamodule.test_dataloader()))
+    assert images.shape[1:] == (1, 28, 28)
+    assert np.array_equal(labels.numpy(), np.arange(len(labels)) % 10)
+
+
+def test_mnist_missing_files_say_how_to_get_them(make_config, tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="download=True"):
+        setup_data(make_config("data=mnist", "data.num_workers=0"))
+
+
+def test_missing_fraction_and_set_is_an_error(make_config):
+    with pytest.raises(DataError, match="no test set"):
+        setup_data(make_config("data.test_fraction=0.0"))

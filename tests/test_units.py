@@ -1,0 +1,89 @@
+"""Pure functions and small parts with exact expectations."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from image_classification.losses import FocalLoss
+from image_classification.schedulers import WarmupCosine
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_focal_loss_at_gamma_zero_is_cross_entropy(label_smoothing):
+    torch.manual_seed(0)
+    logits, targets = torch.randn(32, 7), torch.randint(0, 7, (32,))
+    focal = FocalLoss(gamma=0.0, label_smoothing=label_smoothing)
+    expected = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    torch.testing.assert_close(focal(logits, targets), expected)
+    soft = torch.softmax(torch.randn(32, 7), dim=1)  # probability targets, as mixup makes
+    torch.testing.assert_close(FocalLoss(gamma=0.0)(logits, soft), F.cross_entropy(logits, soft))
+
+
+def test_focal_loss_down_weights_easy_examples():
+    logits = torch.tensor([[4.0, 0.0], [0.2, 0.0]])  # a confident right answer, an unsure one
+    targets = torch.tensor([0, 0])
+    per_example_ce = F.cross_entropy(logits, targets, reduction="none")
+    per_example_focal = FocalLoss(gamma=2.0, reduction="none")(logits, targets)
+    p = torch.softmax(logits, dim=1)[:, 0]
+    torch.testing.assert_close(per_example_focal, (1 - p) ** 2 * per_example_ce)
+    assert per_example_focal[0] / per_example_ce[0] < per_example_focal[1] / per_example_ce[1]
+
+
+def test_focal_loss_alpha_weights_classes():
+    logits, targets = torch.zeros(2, 2), torch.tensor([0, 1])
+    losses = FocalLoss(gamma=0.0, alpha=[1.0, 3.0], reduction="none")(logits, targets)
+    torch.testing.assert_close(losses, torch.tensor([math.log(2), 3 * math.log(2)]))
+
+
+def lrs(total=100, **kwargs):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = WarmupCosine(optimizer, total_steps=total, **kwargs)
+    values = []
+    for _ in range(total + 5):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_warmup_cosine_documented_values():
+    values = lrs(total=100, warmup_fraction=0.1, start_factor=0.01, min_factor=0.1)
+    assert values[0] == pytest.approx(0.01)
+    assert values[5] == pytest.approx(0.01 + 0.99 * 5 / 10)  # linear during warmup
+    assert values[10] == pytest.approx(1.0)  # the base rate when warmup ends
+    assert values[55] == pytest.approx((1 + 0.1) / 2)  # half-way through the decay
+    assert values[100] == pytest.approx(0.1)  # min_factor at total_steps ...
+    assert values[104] == pytest.approx(0.1)  # ... and held after it
+    decay = values[10:101]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+
+
+def test_warmup_cosine_without_warmup_starts_at_base_and_ends_at_zero():
+    values = lrs(total=10)
+    assert values[0] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_cosine_resumes_from_its_state_dict():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = WarmupCosine(optimizer, total_steps=50, warmup_fraction=0.2)
+    for _ in range(17):
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    fresh_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    fresh = WarmupCosine(fresh_optimizer, total_steps=50, warmup_fraction=0.2)
+    fresh.load_state_dict(state)
+    fresh_optimizer.step()
+    fresh.step()
+    optimizer.step()
+    scheduler.step()
+    assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("bad", [{"total_steps": 0}, {"total_steps": 10, "warmup_fraction": 1.0}])
+def test_warmup_cosine_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        WarmupCosine(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **bad)
