@@ -155,6 +155,9 @@ class DataModule(L.LightningDataModule):
         download: fetch the data in ``prepare_data`` (the dataset configs pass it to their factories).
         channels, image_size: what a transformed training image must be; checked on the first image, so a
             network configured from them (``${data.channels}``) fits the data.
+        train_batch_transform, eval_batch_transform: ``(images, labels) -> (images, labels)`` on whole
+            batches once they are on the training device (augmentation on the GPU, mixup); they follow the
+            per-image ``train_transform`` / ``eval_transform``.
     """
 
     def __init__(
@@ -169,6 +172,8 @@ class DataModule(L.LightningDataModule):
         test_set: DatasetFactory | None = None,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
+        train_batch_transform: Callable | None = None,
+        eval_batch_transform: Callable | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.0,
         split_seed: int = 0,
@@ -191,6 +196,8 @@ class DataModule(L.LightningDataModule):
         self.image_size = image_size
         self.train_transform = train_transform
         self.eval_transform = eval_transform
+        self.train_batch_transform = train_batch_transform
+        self.eval_batch_transform = eval_batch_transform
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
@@ -253,7 +260,10 @@ class DataModule(L.LightningDataModule):
         for name in SPLITS:
             if len(self.datasets[name]) == 0:
                 raise DataError(f"the {name} set is empty: check the data folder and the split fractions")
-        self._check_image(self.datasets["train"][0][0])
+        image, label = self.datasets["train"][0]
+        if self.train_batch_transform is not None:
+            image = self.train_batch_transform(image[None], torch.tensor([label]))[0][0]
+        self._check_image(image)
 
     def _check_classes(self, train: Dataset, others: dict[str, Dataset | None]) -> None:
         if self.classes is not None and len(self.classes) != self.num_classes:
@@ -274,6 +284,11 @@ class DataModule(L.LightningDataModule):
             raise DataError(f"data.channels is {self.channels} but transformed images have {shape[0]}: {shape}")
         if self.image_size is not None and shape[1:] != (self.image_size, self.image_size):
             raise DataError(f"data.image_size is {self.image_size} but transformed images are {shape[1:]}")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        training = self.trainer is not None and self.trainer.training
+        transform = self.train_batch_transform if training else self.eval_batch_transform
+        return batch if transform is None else transform(*batch)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -1,6 +1,7 @@
 """Every choice of every config group composes and instantiates into a working object."""
 
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -45,7 +46,8 @@ def test_data(make_config, tmp_path, choice):
     cfg = make_config(f"data={choice}", *extra)
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")
-    images, labels = next(iter(datamodule.train_dataloader()))
+    datamodule.trainer = SimpleNamespace(training=True)  # as Lightning applies the batch transforms
+    images, labels = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     assert images.dtype == torch.float32
     assert images.shape[1:] == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     assert int(labels.max()) < cfg.data.num_classes

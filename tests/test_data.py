@@ -1,7 +1,10 @@
 """Splits, layouts and checks of the DataModule and the datasets."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 from conftest import write_image_folder, write_mnist
 
 from image_classification.config import instantiate
@@ -30,12 +33,20 @@ def test_digits_split_is_disjoint_complete_and_fixed_by_split_seed(make_config):
     assert indices(other, "test") != test
 
 
-def test_validation_images_get_eval_transforms(make_config):
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_transforms_augment_training_batches_only(make_config, training):
     datamodule = setup_data(make_config())
-    val = datamodule.datasets["val"]
-    assert val.transform is datamodule.eval_transform
-    first, second = val[0][0], val[0][0]
-    assert (first == second).all(), "evaluation must not be augmented"
+    datamodule.trainer = SimpleNamespace(training=training)
+    images, labels = next(iter(datamodule.val_dataloader()))
+    first, first_labels = datamodule.on_after_batch_transfer((images, labels), 0)
+    second, _ = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert first.dtype == torch.float32 and torch.equal(first_labels, labels)
+    expected = images.float() / 255 * 2 - 1  # ToDtype(scale) then Normalize(0.5, 0.5)
+    if training:
+        assert not torch.equal(first, second), "training batches are augmented anew each time"
+    else:
+        torch.testing.assert_close(first, expected)
+        assert torch.equal(first, second)
 
 
 def test_image_folder_with_train_val_test(make_config, tmp_path):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from image_classification.losses import FocalLoss
 from image_classification.schedulers import WarmupCosine
+from image_classification.transforms import RandomShift
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -87,3 +88,24 @@ def test_warmup_cosine_resumes_from_its_state_dict():
 def test_warmup_cosine_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         WarmupCosine(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **bad)
+
+
+def test_random_shift_is_a_per_image_padded_random_crop():
+    torch.manual_seed(0)
+    images = torch.randint(1, 255, (300, 2, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(300)
+    shifted, same_labels = RandomShift(max_shift=1)(images, labels)
+    assert same_labels is labels and shifted.dtype == images.dtype and shifted.shape == images.shape
+    padded = F.pad(images, (1, 1, 1, 1), value=0)
+    offsets = set()
+    for i in range(len(images)):
+        matches = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal(padded[i, :, dy : dy + 8, dx : dx + 8], shifted[i])
+        ]
+        assert len(matches) == 1, f"image {i} is not one crop of its padded self"
+        offsets.add(matches[0])
+    assert len(offsets) == 9, "every offset should occur in 300 images"
+    assert torch.equal(RandomShift(max_shift=0)(images), images)

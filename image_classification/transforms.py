@@ -1,0 +1,35 @@
+"""Transforms of whole batches, for ``data.train_batch_transform`` / ``data.eval_batch_transform``: they run
+after the batch reaches the training device, once per batch instead of once per image. They take and
+return ``(images, labels)``, so they compose with torchvision's v2 transforms in ``v2.Compose``."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RandomShift(nn.Module):
+    """Shifts each image of an ``N x C x H x W`` batch by its own random offset of up to ``max_shift`` pixels
+    in each direction, filling the uncovered border with ``fill``: ``v2.RandomCrop(size, padding=max_shift)``
+    applied image by image, in one vectorised gather."""
+
+    def __init__(self, max_shift: int, fill: float = 0.0):
+        super().__init__()
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        self.max_shift = max_shift
+        self.fill = fill
+
+    def forward(self, images: torch.Tensor, *rest):
+        if self.max_shift == 0:
+            return (images, *rest) if rest else images
+        n, c, h, w = images.shape
+        s, device = self.max_shift, images.device
+        padded = F.pad(images, (s, s, s, s), value=self.fill)
+        dy = torch.randint(0, 2 * s + 1, (n, 1), device=device)
+        dx = torch.randint(0, 2 * s + 1, (n, 1), device=device)
+        rows = (dy + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx + torch.arange(w, device=device))[:, None, None, :]
+        batch = torch.arange(n, device=device)[:, None, None, None]
+        channel = torch.arange(c, device=device)[None, :, None, None]
+        shifted = padded[batch, channel, rows, cols]
+        return (shifted, *rest) if rest else shifted
