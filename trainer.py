@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,19 @@ from image_classification.errors import UserError
 log = logging.getLogger("trainer")
 
 
+def build_module(cfg: DictConfig, class_names: list[str] | None = None):
+    """The LightningModule with its injected network, loss, optimizer and scheduler."""
+    return instantiate(
+        cfg.module,
+        "module",
+        network=instantiate(cfg.network, "network"),
+        loss=instantiate(cfg.loss, "loss"),
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        scheduler=instantiate(cfg.scheduler, "scheduler", _convert_="all"),
+        class_names=class_names,
+    )
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write ``metrics.json`` to the run directory and return its contents."""
     start = time.perf_counter()
@@ -35,15 +49,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data fails here, before a checkpoint or a log is written
-    module = instantiate(
-        cfg.module,
-        "module",
-        network=instantiate(cfg.network, "network"),
-        loss=instantiate(cfg.loss, "loss"),
-        optimizer=instantiate(cfg.optimizer, "optimizer"),
-        scheduler=instantiate(cfg.scheduler, "scheduler", _convert_="all"),
-        class_names=datamodule.classes,
-    )
+    module = build_module(cfg, datamodule.classes)
     callbacks = instantiate_each(cfg.callbacks, "callback")
     callbacks.append(RunMetadata(run_metadata(resolved, datamodule.classes)))
     loggers = instantiate_each(cfg.logger, "logger")
@@ -106,7 +112,9 @@ def main(cfg: DictConfig) -> float | None:
         cause = err
         while not isinstance(cause, UserError) and cause.__cause__ is not None:
             cause = cause.__cause__
-        log.error(f"Error: {one_line(cause)}")
+        missing = re.search(r"Missing mandatory value: ([\w.]+)", str(cause))
+        message = f"{missing[1]} is required: add {missing[1]}=... to the command line" if missing else one_line(cause)
+        log.error(f"Error: {message}")
         sys.exit(1)
 
 

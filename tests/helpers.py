@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch import nn
 
 
@@ -29,3 +30,26 @@ class TinyMLP(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class Stripes(torch.utils.data.Dataset):
+    """A user's own dataset: 8x8 grey images with a bright horizontal (class 0) or vertical (class 1) stripe."""
+
+    classes = ["horizontal", "vertical"]
+
+    def __init__(self, size: int = 64, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 40, (size, 1, 8, 8), dtype=torch.uint8, generator=generator)
+        self.targets = [i % 2 for i in range(size)]
+        for i, target in enumerate(self.targets):
+            position = i % 8
+            if target == 0:
+                self.images[i, 0, position, :] = 255
+            else:
+                self.images[i, 0, :, position] = 255
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]

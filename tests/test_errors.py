@@ -51,6 +51,11 @@ def test_missing_data_directory(tmp_path):
     assert len(error_lines(result)) == 1
 
 
+def test_missing_required_value(tmp_path):
+    result = run_trainer(tmp_path, "data=image_folder")
+    assert_clear_error(result, "data.root is required: add data.root=... to the command line")
+
+
 def test_empty_class_folder(tmp_path):
     root = write_image_folder(tmp_path / "photos", per_class=2)
     (root / "train" / "dog").mkdir()

@@ -1,5 +1,6 @@
 """Pure functions and small parts with exact expectations."""
 
+import json
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from image_classification.losses import FocalLoss
 from image_classification.schedulers import WarmupCosine
+from image_classification.summarize import main as summarize_main
 from image_classification.transforms import RandomShift
 
 
@@ -109,3 +111,14 @@ def test_random_shift_is_a_per_image_padded_random_crop():
         offsets.add(matches[0])
     assert len(offsets) == 9, "every offset should occur in 300 images"
     assert torch.equal(RandomShift(max_shift=0)(images), images)
+
+
+def test_summarize_gives_mean_and_sample_std(tmp_path, capsys):
+    for i, accuracy in enumerate([0.99, 0.98, 0.97]):
+        run = tmp_path / str(i)
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"test/acc": accuracy}, "wall_time_s": 10.0 + i}))
+    summarize_main([str(tmp_path), "--metrics", "test/acc", "wall_time_s"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["test/acc", "98.00", "+-", "1.00%", "(n=3)"]
+    assert lines[1].split() == ["wall_time_s", "11.00", "+-", "1.00", "s", "(n=3)"]
