@@ -39,6 +39,9 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None):
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write ``metrics.json`` to the run directory and return its contents."""
     start = time.perf_counter()
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path {ckpt_path} does not exist: give a .ckpt file, `last`, or null")
     if cfg.print_config:
         print_config_tree(cfg)
     if cfg.seed is not None:
@@ -50,18 +53,16 @@ def train(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data fails here, before a checkpoint or a log is written
     module = build_module(cfg, datamodule.classes)
+    metadata = run_metadata(resolved, datamodule.classes)
     callbacks = instantiate_each(cfg.callbacks, "callback")
-    callbacks.append(RunMetadata(run_metadata(resolved, datamodule.classes)))
+    callbacks.append(RunMetadata(metadata))
     loggers = instantiate_each(cfg.logger, "logger")
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    ckpt_path = cfg.ckpt_path
-    if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path {ckpt_path} does not exist: give a .ckpt file, `last`, or null")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     checkpointing = trainer.checkpoint_callback
     best = checkpointing.best_model_path if checkpointing is not None else ""
@@ -74,7 +75,7 @@ def train(cfg: DictConfig) -> dict:
         "last_checkpoint": (checkpointing.last_model_path or None) if checkpointing is not None else None,
         "wall_time_s": round(time.perf_counter() - start, 2),
         "run_dir": str(run_dir),
-        "git_commit": run_metadata(resolved, None)["git_commit"],
+        "git_commit": metadata["git_commit"],
     }
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))

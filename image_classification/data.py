@@ -70,6 +70,11 @@ def _split_dirs(root: Path) -> list[str]:
     return [s for s in SPLITS if (root / s).is_dir()]
 
 
+def _class_dirs(folder: Path) -> list[Path]:
+    """The class folders of ``folder``: its subfolders, hidden ones (``.ipynb_checkpoints``) excepted."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def _class_root(root: str | os.PathLike) -> Path:
     """The folder whose subfolders are the classes: ``root/train`` for split layouts, else ``root``."""
     root = Path(root).expanduser()
@@ -78,20 +83,32 @@ def _class_root(root: str | os.PathLike) -> Path:
             f"data directory {root} does not exist: set data.root to a folder of class subfolders "
             "or one with train/ (and optionally val/, test/) subfolders"
         )
-    return root / "train" if _split_dirs(root) else root
+    splits = _split_dirs(root)
+    if splits and "train" not in splits:
+        raise DataError(f"{root} has {'/, '.join(splits)}/ but no train/ folder")
+    return root / "train" if splits else root
 
 
 def image_folder_classes(root: str) -> int:
     """How many classes an ImageFolder tree has (the ``${image_folder_classes:...}`` resolver)."""
     class_root = _class_root(root)
-    classes = [d for d in class_root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if not classes:
+    if not _class_dirs(class_root):
         raise DataError(f"{class_root} has no class subfolders: put each class's images in a folder of its own")
-    return len(classes)
+    return len(_class_dirs(class_root))
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder whose classes skip hidden folders, as :func:`image_folder_classes` does."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = [d.name for d in _class_dirs(Path(directory))]
+        if not classes:
+            raise DataError(f"{directory} has no class subfolders: put each class's images in a folder of its own")
+        return classes, {name: i for i, name in enumerate(classes)}
 
 
 def image_folder(root: str, split: str, **kwargs: Any) -> Dataset | None:
-    """``root/<split>`` as a torchvision ImageFolder, or ``root`` itself for ``train`` of a flat tree.
+    """``root/<split>`` as an :class:`ImageFolder`, or ``root`` itself for ``train`` of a flat tree.
 
     Returns None when ``root`` has split subfolders but not this one (or is flat and ``split`` is not
     ``train``), so the DataModule holds out a fraction of train instead.
@@ -99,26 +116,21 @@ def image_folder(root: str, split: str, **kwargs: Any) -> Dataset | None:
     if split not in SPLITS:
         raise DataError(f"image_folder split must be one of {SPLITS}, got {split!r}")
     root_path = Path(root).expanduser()
-    class_root = _class_root(root_path)
-    if class_root == root_path:  # flat tree: class folders directly under root
+    if _class_root(root_path) == root_path:  # flat tree: class folders directly under root
         path = root_path if split == "train" else None
     else:
         path = root_path / split if (root_path / split).is_dir() else None
     if path is None:
-        if split == "train":
-            raise DataError(f"{root_path} has {_split_dirs(root_path)} but no train/ folder")
         return None
     empty = [
-        d.name
-        for d in sorted(path.iterdir())
-        if d.is_dir() and not any(torchvision.datasets.folder.is_image_file(str(f)) for f in d.rglob("*"))
+        d for d in _class_dirs(path) if not any(torchvision.datasets.folder.is_image_file(str(f)) for f in d.rglob("*"))
     ]
     if empty:
         raise DataError(
-            f"class folder {path / empty[0]} has no images ({len(empty)} empty in {path}): "
+            f"class folder {empty[0]} has no images ({len(empty)} empty in {path}): "
             f"add {'/'.join(torchvision.datasets.folder.IMG_EXTENSIONS)} files or remove the folder"
         )
-    return torchvision.datasets.ImageFolder(str(path), **kwargs)
+    return ImageFolder(str(path), **kwargs)
 
 
 class TransformedSubset(Dataset):

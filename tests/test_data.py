@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_image_folder, write_mnist
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from image_classification.config import instantiate
 from image_classification.errors import DataError
@@ -77,6 +79,22 @@ def test_image_folder_without_val_holds_out_train(make_config, tmp_path):
     cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32", "data.val_fraction=0.1")
     datamodule = setup_data(cfg)
     assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [27, 3, 30]
+
+
+def test_image_folder_ignores_hidden_folders(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos")
+    for split in ("train", "val", "test"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+    cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32")
+    assert cfg.data.num_classes == 3
+    assert setup_data(cfg).classes == ["astronaut", "cat", "coffee"]
+
+
+def test_image_folder_without_train_is_named(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos", splits=("val", "test"))
+    cfg = make_config("data=image_folder", f"data.root={root}", "data.image_size=32")
+    with pytest.raises(InterpolationResolutionError, match="has val/, test/ but no train/ folder"):
+        OmegaConf.to_container(cfg.data, resolve=True)
 
 
 def test_image_folder_empty_class_folder_is_named(make_config, tmp_path):

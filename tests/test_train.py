@@ -2,11 +2,12 @@
 
 import importlib.metadata
 import json
+import subprocess
 
 import lightning as L
 import pytest
 import torch
-from conftest import choices, write_cifar10, write_mnist
+from conftest import ROOT, choices, write_cifar10, write_mnist
 from omegaconf import OmegaConf
 
 import trainer
@@ -70,7 +71,8 @@ def test_checkpoint_is_self_describing_and_loads_weights_only(make_config, tmp_p
     assert metadata["class_names"] == [str(i) for i in range(10)]
     assert {"torch", "torchvision", "lightning", "python"} <= metadata["versions"].keys()
     assert metadata["versions"]["torch"] == importlib.metadata.version("torch")
-    assert "git_commit" in metadata
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert metadata["git_commit"].removesuffix("-dirty") == head
 
 
 def test_rebuilt_network_gives_the_trained_modules_logits(make_config, tmp_path):
