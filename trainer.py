@@ -4,7 +4,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from image_classification.checkpoint import RunMetadata, run_metadata
-from image_classification.config import RUN_CONFIG_POLICY, instantiate, instantiate_each, one_line, print_config_tree
+from image_classification.config import (
+    RUN_CONFIG_POLICY,
+    instantiate,
+    instantiate_each,
+    print_config_tree,
+    user_message,
+)
 from image_classification.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -110,12 +115,7 @@ def main(cfg: DictConfig) -> float | None:
     except (UserError, OmegaConfBaseException) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        cause = err
-        while not isinstance(cause, UserError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        missing = re.search(r"Missing mandatory value: ([\w.]+)", str(cause))
-        message = f"{missing[1]} is required: add {missing[1]}=... to the command line" if missing else one_line(cause)
-        log.error(f"Error: {message}")
+        log.error(f"Error: {user_message(err)}")
         sys.exit(1)
 
 

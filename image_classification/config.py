@@ -3,6 +3,7 @@ the config tree printed at start, and the resolvers the configs use."""
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,9 +32,17 @@ def one_line(err: BaseException) -> str:
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None:
+    """The first UserError in ``err``'s chain of causes, else the last cause."""
+    while not isinstance(err, UserError) and err.__cause__ is not None:
         err = err.__cause__
     return err
+
+
+def user_message(err: BaseException) -> str:
+    """One line telling the user what to fix, for an error from the config or from :func:`instantiate`."""
+    cause = _root_cause(err)
+    missing = re.search(r"Missing mandatory value: ([\w.]+)", str(cause))
+    return f"{missing[1]} is required: add {missing[1]}=... to the command line" if missing else one_line(cause)
 
 
 def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:

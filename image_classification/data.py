@@ -75,6 +75,14 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _class_names(folder: Path) -> list[str]:
+    """The class names of ``folder``; an error if it has none."""
+    names = [d.name for d in _class_dirs(folder)]
+    if not names:
+        raise DataError(f"{folder} has no class subfolders: put each class's images in a folder of its own")
+    return names
+
+
 def _class_root(root: str | os.PathLike) -> Path:
     """The folder whose subfolders are the classes: ``root/train`` for split layouts, else ``root``."""
     root = Path(root).expanduser()
@@ -91,19 +99,14 @@ def _class_root(root: str | os.PathLike) -> Path:
 
 def image_folder_classes(root: str) -> int:
     """How many classes an ImageFolder tree has (the ``${image_folder_classes:...}`` resolver)."""
-    class_root = _class_root(root)
-    if not _class_dirs(class_root):
-        raise DataError(f"{class_root} has no class subfolders: put each class's images in a folder of its own")
-    return len(_class_dirs(class_root))
+    return len(_class_names(_class_root(root)))
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
     """torchvision's ImageFolder whose classes skip hidden folders, as :func:`image_folder_classes` does."""
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = [d.name for d in _class_dirs(Path(directory))]
-        if not classes:
-            raise DataError(f"{directory} has no class subfolders: put each class's images in a folder of its own")
+        classes = _class_names(Path(directory))
         return classes, {name: i for i, name in enumerate(classes)}
 
 
