@@ -1,11 +1,13 @@
-"""Self-describing checkpoints: the resolved config, class names, git commit and library versions travel
-inside every checkpoint, so ``load_network(path)`` rebuilds the trained network from the file alone."""
+"""Self-describing checkpoints: the resolved config, the overrides that composed it, class names, validation
+metrics, git commit and library versions travel inside every checkpoint, so ``load_network(path)`` rebuilds
+the trained network from the file alone, and a resumed run recomposes the config that ran."""
 
 import datetime
 import importlib.metadata
+import inspect
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +17,30 @@ import torch
 from hydra.utils import execution_whitelist
 from torch import nn
 
+from image_classification import networks
 from image_classification.errors import UserError
 
 METADATA_KEY = "image_classification"
 FORMAT_VERSION = 1
-# Targets a checkpoint's embedded config may instantiate without the caller vouching for more: a
-# checkpoint can come from anywhere, and its config must not run arbitrary code.
-TRUSTED_NETWORK_TARGETS = ("image_classification.*", "torch.nn.*", "torchvision.models.*", "timm.*")
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# The nn.Module classes of these packages are networks a checkpoint may build without the caller vouching
+# for more; so are this package's own networks (`networks.__all__`) and torchvision's model builders. A
+# `_target_` outside these prefixes is refused before anything is imported.
+TRUSTED_MODULE_PACKAGES = ("torch.nn.", "torchvision.models.")
+TRUSTED_PREFIXES = (*TRUSTED_MODULE_PACKAGES, "image_classification.")
 
 
-def git_commit() -> str | None:
-    """The commit of the code that is running, with ``-dirty`` if it has uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent
+def git_commit(package_root: Path = PACKAGE_ROOT) -> str | None:
+    """The commit of this framework's code, with ``-dirty`` if it has uncommitted changes (untracked files
+    included); None unless ``package_root`` is the top of its own git work tree, so a copy installed into
+    someone else's repository (a ``.venv`` inside it) never reports their commit as ours."""
     try:
-        run = dict(cwd=here, capture_output=True, text=True, timeout=10, check=True)
+        run = dict(cwd=package_root, capture_output=True, text=True, timeout=10, check=True)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], **run).stdout.strip()
+        if Path(top).resolve() != package_root.resolve():
+            return None
         sha = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], **run).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
@@ -43,11 +53,19 @@ def _version(package: str) -> str | None:
         return None
 
 
-def run_metadata(config: dict[str, Any], class_names: Sequence[str] | None) -> dict[str, Any]:
-    """What a checkpoint carries besides weights; plain types only, so ``weights_only=True`` loads it."""
+def run_metadata(
+    config: dict[str, Any], class_names: Sequence[str] | None, overrides: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """What a checkpoint carries besides weights; plain types only, so ``weights_only=True`` loads it.
+
+    Args:
+        overrides: the command-line overrides that composed ``config``; resuming from the checkpoint
+            recomposes the same config from them (None when the config was not composed from a command line).
+    """
     return {
         "format_version": FORMAT_VERSION,
         "config": config,
+        "overrides": list(overrides) if overrides is not None else None,
         "class_names": list(class_names) if class_names is not None else None,
         "git_commit": git_commit(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -59,27 +77,96 @@ def run_metadata(config: dict[str, Any], class_names: Sequence[str] | None) -> d
 
 
 class RunMetadata(L.Callback):
-    """Writes :func:`run_metadata` into every checkpoint the run saves."""
+    """Writes :func:`run_metadata` into every checkpoint the run saves, with the ``val/*`` metrics of the
+    weights it holds (so the report of a tested checkpoint names that checkpoint's own validation scores)."""
 
     def __init__(self, metadata: dict[str, Any]):
         self.metadata = metadata
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[METADATA_KEY] = self.metadata
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        checkpoint[METADATA_KEY] = {**self.metadata, "epoch": trainer.current_epoch, "val_metrics": metrics}
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint loaded with ``weights_only=True``; fails clearly if it is not one of ours."""
+    """A checkpoint loaded with ``weights_only=True`` (memory-mapped: reading the metadata of a large
+    checkpoint costs little); fails clearly if it is not one of ours."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as err:  # a truncated file, or unsafe pickled objects
-        raise UserError(f"checkpoint {path} cannot be read safely: {err}") from err
-    if METADATA_KEY not in checkpoint:
+        raise UserError(f"checkpoint {path} cannot be read safely: {' '.join(str(err).split())[:300]}") from None
+    if not isinstance(checkpoint, dict) or METADATA_KEY not in checkpoint:
         raise UserError(f"{path} carries no {METADATA_KEY!r} metadata: it was not written by this framework")
     return checkpoint
+
+
+def _targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """Every ``(key, _target_)`` in a plain config tree; refuses interpolations, which would be resolved."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield key, node["_target_"]
+        for name, value in node.items():
+            yield from _targets(value, f"{key}.{name}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise UserError(f"{key} holds an interpolation ({node!r}); a checkpoint's config is stored resolved")
+
+
+def is_trusted_network(target: Any) -> bool:
+    """Whether a located ``_target_`` is something a network can be: one of this package's networks
+    (``networks.__all__``), an ``nn.Module`` class of torch.nn or torchvision.models, or a torchvision model
+    builder. Nothing that instantiates, loads files or runs a command."""
+    ours = {id(getattr(networks, name)) for name in networks.__all__}
+    if id(target) in ours:
+        return True
+    if inspect.isclass(target) and issubclass(target, nn.Module):
+        return target.__module__.startswith(TRUSTED_MODULE_PACKAGES)
+    import torchvision
+
+    builders = {id(torchvision.models.get_model_builder(name)) for name in torchvision.models.list_models()}
+    return id(target) in builders
+
+
+def _locate(target: str) -> Any:
+    if not target.startswith(TRUSTED_PREFIXES):
+        return None
+    try:
+        return hydra.utils.get_object(target)
+    except Exception:  # a name that does not import is not a trusted network either
+        return None
+
+
+def _matches(target: str, patterns: Sequence[str]) -> bool:
+    """Hydra's whitelist matching: an exact name, or a ``"package.*"`` prefix."""
+    return any(target == p or (p.endswith(".*") and target.startswith(p[:-1])) for p in patterns)
+
+
+def network_allow_list(config: dict[str, Any], trusted_targets: Sequence[str] = (), key: str = "network") -> list[str]:
+    """What Hydra may call to build a checkpoint's network config: each ``_target_`` in it, checked to be a
+    trusted network (:func:`is_trusted_network`) or to match one of the caller's ``trusted_targets``
+    (``"my_lab.nets.*"``), with the canonical name of what it resolves to, and the module of a builder
+    (Hydra also checks the class of the network the builder returns)."""
+    allowed = list(trusted_targets)
+    for where, target in _targets(config, key):
+        if not isinstance(target, str):
+            raise UserError(f"{where}._target_ is {target!r}, not a dotted name")
+        if _matches(target, trusted_targets):
+            continue  # the caller vouches for it; Hydra still checks what the name resolves to
+        located = _locate(target)
+        if not is_trusted_network(located):
+            raise UserError(
+                f"the checkpoint's {where} is built by {target!r}, which is not a network this package trusts: "
+                f"if you trust the checkpoint, pass load_network(path, trusted_targets=[{target!r}])"
+            )
+        allowed += [target, f"{located.__module__}.{located.__qualname__}"]
+        if not inspect.isclass(located):
+            allowed.append(f"{located.__module__}.*")
+    return list(dict.fromkeys(allowed))
 
 
 def load_network(
@@ -90,15 +177,24 @@ def load_network(
     """Rebuild the trained network from a checkpoint file alone, in eval mode, ready for inference.
 
     Args:
-        trusted_targets: more ``_target_`` patterns (``"my_package.*"``) the checkpoint's network config may
-            instantiate, beyond this package, ``torch.nn``, ``torchvision.models`` and ``timm``.
+        trusted_targets: ``_target_`` names or ``"my_package.*"`` patterns of your own network classes that
+            the checkpoint's network config may build, beyond the networks this package trusts
+            (:func:`is_trusted_network`). Give them only for checkpoints you trust.
 
     The network's class names are in ``read_checkpoint(path)["image_classification"]["class_names"]``.
     """
     checkpoint = read_checkpoint(path, map_location)
     network_config = checkpoint[METADATA_KEY]["config"]["network"]
-    with execution_whitelist(TRUSTED_NETWORK_TARGETS + tuple(trusted_targets), reset=True):
-        network = hydra.utils.instantiate(network_config)
+    allowed = network_allow_list(network_config, trusted_targets)
+    # reset=True: the allow-list holds even when called from inside a run's unrestricted policy.
+    with execution_whitelist(allowed, reset=True):
+        try:
+            network = hydra.utils.instantiate(network_config, _convert_="all")
+        except Exception as err:
+            message = " ".join(str(err).split())
+            raise UserError(f"the network of checkpoint {path} could not be rebuilt: {message}") from err
+    if not isinstance(network, nn.Module):
+        raise UserError(f"the network config of checkpoint {path} builds a {type(network).__name__}, not a network")
     prefix = "network."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     network.load_state_dict(state, strict=True)

@@ -4,6 +4,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
+# What a network can be: every name here may be built from a checkpoint's config by `load_network`, so
+# nothing that instantiates configs, loads files or runs commands belongs in this list.
+__all__ = ["SmallCNN"]
+
 
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU stages with 2x2 max-pooling between them, global average pooling and a linear head.
