@@ -1,6 +1,5 @@
 """Train, validate and test an image classifier: ``python trainer.py [group=choice ...] [key=value ...]``."""
 
-import json
 import logging
 import math
 import os
@@ -15,17 +14,23 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from image_classification import runs
 from image_classification.checkpoint import RunMetadata, run_metadata
 from image_classification.config import (
     RUN_CONFIG_POLICY,
+    check_command_line,
+    check_trainer,
     instantiate,
     instantiate_each,
     print_config_tree,
+    quiet_library_noise,
+    run_config_policy,
     user_message,
 )
 from image_classification.errors import UserError
 
 log = logging.getLogger("trainer")
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def build_module(cfg: DictConfig, class_names: list[str] | None = None):
@@ -36,66 +41,68 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None):
         network=instantiate(cfg.network, "network"),
         loss=instantiate(cfg.loss, "loss"),
         optimizer=instantiate(cfg.optimizer, "optimizer"),
-        scheduler=instantiate(cfg.scheduler, "scheduler", _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, "scheduler"),
         class_names=class_names,
     )
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, test the best checkpoint, write ``metrics.json`` to the run directory and return its contents."""
+@run_config_policy()
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Fit, test the best checkpoint, write ``metrics.json`` to the run directory and return its contents.
+
+    Nothing is written to the run directory until the data, the model, the optimizer and the checkpoint to
+    resume from have been checked. ``overrides``: the command line that composed ``cfg``, kept in the
+    checkpoints so that resuming recomposes the same config.
+    """
     start = time.perf_counter()
-    ckpt_path = cfg.ckpt_path
-    if ckpt_path not in (None, "last") and not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path {ckpt_path} does not exist: give a .ckpt file, `last`, or null")
-    if cfg.print_config:
-        print_config_tree(cfg)
+    quiet_library_noise()
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = runs.resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-
     datamodule = instantiate(cfg.data, "data")
     datamodule.prepare_data()
-    datamodule.setup("fit")  # bad data fails here, before a checkpoint or a log is written
+    datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes)
-    metadata = run_metadata(resolved, datamodule.classes)
+    module.check_optimization()
+    runs.check_resumable(ckpt_path, cfg.trainer.max_epochs)
+    check_trainer(cfg.trainer)
     callbacks = instantiate_each(cfg.callbacks, "callback")
-    callbacks.append(RunMetadata(metadata))
     loggers = instantiate_each(cfg.logger, "logger")
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    metadata = run_metadata(resolved, datamodule.classes, overrides)
+    callback_list = [*callbacks.values(), RunMetadata(metadata)]
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    runs.write_run_records(run_dir, resolved, overrides)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-
-    checkpointing = trainer.checkpoint_callback
-    best = checkpointing.best_model_path if checkpointing is not None else ""
-    test_results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-    metrics.update(test_results[0])
+    best, last = runs.checkpoint_paths(callbacks)  # before test restores the callbacks' state from `best`
+    tested = best or last
+    val_metrics, tested_epoch = runs.checkpoint_val_metrics(tested)
+    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested)[0]
 
     report = {
-        "metrics": metrics,
-        "best_checkpoint": best or None,
-        "last_checkpoint": (checkpointing.last_model_path or None) if checkpointing is not None else None,
+        "metrics": {**val_metrics, **test_metrics},
+        "tested_checkpoint": tested,
+        "tested_epoch": tested_epoch,
+        "best_checkpoint": best,
+        "last_checkpoint": last,
         "wall_time_s": round(time.perf_counter() - start, 2),
         "run_dir": str(run_dir),
         "git_commit": metadata["git_commit"],
     }
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, run_dir / "metrics.json")
-
+    runs.write_report(run_dir, report)
     log.info(f"Run directory:   {run_dir}")
-    log.info(f"Best checkpoint: {best or '(none saved)'}")
+    log.info(f"Tested:          {tested or 'the final weights (no checkpoint was saved)'}")
     log.info(f"Metrics:         {run_dir / 'metrics.json'}")
-    log.info(f"TensorBoard:     tensorboard --logdir {run_dir}")
-    log.info(f"Test accuracy:   {100 * metrics['test/acc']:.2f}%")
+    if "tensorboard" in loggers:
+        log.info(f"TensorBoard:     tensorboard --logdir {run_dir}")
+    log.info(f"Test accuracy:   {100 * test_metrics['test/acc']:.2f}%")
     return report
 
 
 def objective(report: dict, name: str) -> float:
-    """The metric a sweep optimises; a NaN is an error, so the sweeper records a failed trial."""
+    """The metric a sweep optimises; a missing or NaN value is an error, so the sweeper records a failed trial."""
     metrics = report["metrics"]
     if name not in metrics:
         raise UserError(f"optimized_metric {name!r} was not logged; available: {', '.join(sorted(metrics))}")
@@ -108,16 +115,31 @@ def objective(report: dict, name: str) -> float:
 @hydra.main(config_path="configs", config_name="train", execution_whitelist=RUN_CONFIG_POLICY)
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: one clear line and exit 1 for a user error, except within a sweep, where the
-    error fails only that trial."""
+    error fails only that trial. Resuming a checkpoint recomposes the config its run was composed with,
+    under the overrides given now."""
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        report = train(cfg)
+        overrides = list(hydra_cfg.overrides.task)
+        resumed = runs.resume_overrides(cfg.ckpt_path, Path(cfg.paths.output_dir), overrides)
+        if resumed is not None:
+            overrides, cfg = resumed, hydra.compose(hydra_cfg.job.config_name, overrides=resumed)
+        if sweep:  # a trial's overrides, not the whole tree once per trial
+            log.info(f"Trial {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
+        elif cfg.print_config:
+            print_config_tree(cfg)
+        report = train(cfg, overrides)
         return objective(report, cfg.optimized_metric) if cfg.optimized_metric else None
     except (UserError, OmegaConfBaseException) as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error(f"Error: {user_message(err)}")
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:], CONFIGS)
+    except UserError as err:
+        sys.exit(f"Error: {err}")
     main()

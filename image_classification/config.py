@@ -1,34 +1,59 @@
 """Turning the composed config into objects: ``_target_`` instantiation with errors a user can act on,
-the config tree printed at start, and the resolvers the configs use."""
+the execution policy a run's own config runs under, the config tree printed at start, and the resolvers
+the configs use."""
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
 import rich.syntax
 import rich.tree
-from hydra.errors import InstantiationException
-from hydra.utils import UNSAFE_DISABLE_EXECUTION_CHECKS
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import UNSAFE_DISABLE_EXECUTION_CHECKS, execution_whitelist
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from image_classification.data import image_folder_classes
+from image_classification.data import image_folder_classes, usable_cpus
 from image_classification.errors import UserError
+from image_classification.sweeps import continued_seed
 
 log = logging.getLogger(__name__)
 
 # A run's config is the user's own code: their YAML, their command line, their `_target_`s in their own
-# modules. It runs with Hydra's legacy, unrestricted policy; a config read from a checkpoint does not
-# (see checkpoint.load_network).
+# modules. It runs with Hydra's unrestricted policy, entered once at the top of a run (`run_config_policy`).
+# `instantiate` below never names a policy itself: it inherits the one in force, so inside
+# `checkpoint.load_network`'s allow-list it stays restricted whatever a checkpoint's config asks for.
 RUN_CONFIG_POLICY = UNSAFE_DISABLE_EXECUTION_CHECKS
 
 
+@contextlib.contextmanager
+def run_config_policy() -> Iterator[None]:
+    """The context (or decorator) a run's own config is instantiated in."""
+    with execution_whitelist(RUN_CONFIG_POLICY, reset=True):
+        yield
+
+
+def check_trainer(trainer: Mapping[str, Any]) -> None:
+    """Refuse a GPU accelerator on a machine without one, with the fix, before Lightning's traceback."""
+    accelerator = str(trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU: use trainer=cpu, "
+            "or trainer.accelerator=auto to train on whatever there is"
+        )
+
+
 def one_line(err: BaseException) -> str:
-    """An exception's message folded onto one line."""
-    return " ".join(str(err).split())
+    """An exception's message folded onto one line, without Hydra's ``full_key`` notes."""
+    text = re.sub(r"\s*full_key: \S+", "", str(err))
+    return " ".join(text.split())
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -48,7 +73,9 @@ def user_message(err: BaseException) -> str:
 def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that logs the ``_target_`` and turns failures into one-line UserErrors.
 
-    ``HYDRA_FULL_ERROR=1`` re-raises the original exception with its traceback.
+    Arguments reach the objects as plain ``dict``/``list`` (``_convert_="all"``), never as OmegaConf
+    containers, so whatever an object keeps (an optimizer's ``betas``) pickles into a checkpoint that
+    ``torch.load(weights_only=True)`` reads. ``HYDRA_FULL_ERROR=1`` re-raises the original exception.
     """
     if node is None:
         return None
@@ -56,8 +83,8 @@ def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
     if target is not None:
         log.info(f"Instantiating {what} <{target}>")
     try:
-        return hydra.utils.instantiate(node, _execution_whitelist_=RUN_CONFIG_POLICY, **kwargs)
-    except InstantiationException as err:
+        return hydra.utils.instantiate(node, **{"_convert_": "all", **kwargs})
+    except Exception as err:  # a constructor's own ValueError as much as Hydra's errors: the user fixes both
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         cause = _root_cause(err)
@@ -68,18 +95,20 @@ def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
                 f"{what}: _target_ {target!r} does not import ({one_line(cause)}); check the spelling, "
                 "and that its module is on PYTHONPATH"
             ) from None
-        raise UserError(f"{what}: {one_line(err)} (HYDRA_FULL_ERROR=1 shows the traceback)") from None
+        raise UserError(
+            f"{what}: {type(cause).__name__}: {one_line(cause)} (HYDRA_FULL_ERROR=1 shows the traceback)"
+        ) from None
 
 
-def instantiate_each(node: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every entry with a ``_target_`` of a mapping (the callbacks and logger groups)."""
+def instantiate_each(node: DictConfig | None, what: str) -> dict[str, Any]:
+    """Instantiate every entry with a ``_target_`` of a mapping (the callbacks and logger groups), by name."""
     if not node:
-        return []
-    return [
-        instantiate(entry, f"{what} {name}")
+        return {}
+    return {
+        name: instantiate(entry, f"{what} {name}")
         for name, entry in node.items()
         if isinstance(entry, DictConfig) and "_target_" in entry
-    ]
+    }
 
 
 def print_config_tree(cfg: DictConfig, first: tuple[str, ...] = ("data", "network", "module")) -> None:
@@ -94,12 +123,45 @@ def print_config_tree(cfg: DictConfig, first: tuple[str, ...] = ("data", "networ
     Console(soft_wrap=True).print(tree)
 
 
+def check_command_line(overrides: Sequence[str], config_dir: Path) -> None:
+    """Refuse ``group=null`` for a config group, which Hydra would answer with a traceback: ``~group``
+    is how a group is left out."""
+    parser = OverridesParser.create()
+    for line in overrides:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except Exception:  # a flag, a flag's value, or a malformed override: Hydra reports those
+            continue
+        group = override.key_or_group
+        if override.value() is None and not override.is_delete() and (config_dir / group).is_dir():
+            names = ", ".join(sorted(p.stem for p in (config_dir / group).glob("*.yaml")))
+            raise UserError(f"{group}=null is not a choice: use ~{group} to leave it out, or {group}=<{names}>")
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(("💡 Tip:", "Trainer already configured with model summary"))
+
+
+def quiet_library_noise() -> None:
+    """Drop what Lightning prints on every run that tells the user nothing about their run: an advert and
+    notes about its own internals."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_noise not in logger.filters:
+        logger.addFilter(_not_noise)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def register_resolvers() -> None:
     """Resolvers for derived values, so the printed config shows what ran."""
     resolvers = {
         "image_folder_classes": image_folder_classes,
         # The resize before a centre crop of `size` that keeps `crop_ratio` of the image: 256 for 224.
         "resize_for_crop": lambda size, crop_ratio: round(size / crop_ratio),
+        # Loader defaults chosen from the machine the run is on.
+        "usable_cpus": usable_cpus,
+        "cuda_available": torch.cuda.is_available,
+        # A sweep's sampler seed, moved on by the trials its study already holds.
+        "continued_seed": continued_seed,
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_resolver(name, resolver, replace=True)

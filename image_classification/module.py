@@ -1,27 +1,35 @@
 """The one LightningModule: any network, any loss, any optimizer and scheduler, injected."""
 
 import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from image_classification.errors import UserError
+from image_classification.schedulers import continue_schedule, fills_total_steps, scheduler_steps
+
+log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 
 
 class ClassificationModule(L.LightningModule):
-    """Trains ``network`` to minimise ``loss`` and logs top-1/top-k and per-class accuracy.
+    """Trains ``network`` to minimise ``loss``; logs loss, negative log-likelihood, top-1/top-k accuracy and,
+    at test, per-class accuracy.
 
     Args:
         optimizer: a partial optimizer; it receives the parameters that require grad, so a frozen
             backbone needs no special path.
         scheduler: Lightning's ``lr_scheduler`` config (``interval``, ``monitor``, ``frequency``) with a
-            partial scheduler under ``scheduler``; a ``total_steps=None`` keyword is filled with the run's
-            length in scheduler steps. None for a constant learning rate.
+            partial scheduler under ``scheduler``; a ``total_steps=None`` keyword is filled with the number
+            of times the scheduler will step in the run. None for a constant learning rate.
+        top_k: also log top-k accuracy, when k is less than the number of classes.
         class_names: names for the per-class test accuracies (defaults to the class indices).
     """
 
@@ -41,15 +49,17 @@ class ClassificationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_config = dict(scheduler) if scheduler is not None else None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.top_k = min(top_k, num_classes)
+        self.top_k = top_k if 1 < top_k < num_classes else None
         # micro: the fraction of images classified right (torchmetrics' default is the per-class mean)
         self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro") for _ in STAGES)
-        self.val_acc_top_k, self.test_acc_top_k = (
-            MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro") for _ in ("val", "test")
-        )
-        self.test_acc_per_class = MulticlassAccuracy(num_classes, average=None)
+        if self.top_k:
+            self.val_acc_top_k, self.test_acc_top_k = (
+                MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro") for _ in ("val", "test")
+            )
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume, unlike torchmetrics' default
+        self._schedule: tuple[Callable, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -63,12 +73,16 @@ class ClassificationModule(L.LightningModule):
         accuracy(logits, labels)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage != "test")
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        if stage != "train" and self.top_k > 1:
-            top_k = getattr(self, f"{stage}_acc_top_k")
-            top_k(logits, labels)
-            self.log(f"{stage}/acc_top{self.top_k}", top_k, on_step=False, on_epoch=True)
+        if stage != "train":
+            # The plain negative log-likelihood, whatever the training loss: comparable across label
+            # smoothing and loss choices, and it still separates models when accuracy saturates.
+            self.log(f"{stage}/nll", F.cross_entropy(logits.float(), labels), on_step=False, on_epoch=True)
+            if self.top_k:
+                top_k = getattr(self, f"{stage}_acc_top_k")
+                top_k(logits, labels)
+                self.log(f"{stage}/acc_top{self.top_k}", top_k, on_step=False, on_epoch=True)
         if stage == "test":
-            self.test_acc_per_class.update(logits, labels)
+            self.test_confusion.update(logits, labels)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -88,19 +102,65 @@ class ClassificationModule(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
-        per_class = self.test_acc_per_class.compute()
-        self.test_acc_per_class.reset()
-        self.log_dict({f"test/acc_class/{n}": a for n, a in zip(self.class_names, per_class, strict=True)})
+        confusion = self.test_confusion.compute()  # rows: true class, columns: predicted class
+        self.test_confusion.reset()
+        support = confusion.sum(dim=1)
+        missing = [name for name, n in zip(self.class_names, support, strict=True) if n == 0]
+        if missing:
+            log.warning(
+                f"{len(missing)} class(es) have no test images, so no test accuracy: {', '.join(missing[:10])}"
+                + (" ..." if len(missing) > 10 else "")
+            )
+        per_class = confusion.diagonal() / support.clamp_min(1)
+        self.log_dict(
+            {f"test/acc_class/{n}": a for n, a, s in zip(self.class_names, per_class, support, strict=True) if s > 0}
+        )
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        try:
+            return self.optimizer_factory(params=params)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"optimizer: {err}") from err
+
+    def _scheduler(self, factory: Callable, optimizer: torch.optim.Optimizer):
+        try:
+            return factory(optimizer)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"scheduler: {err}") from err
+
+    def check_optimization(self) -> None:
+        """Build the optimizer and scheduler once, so a bad value (``optimizer.lr=-1``) fails before the run
+        writes anything; the run builds its own in ``configure_optimizers``."""
+        optimizer = self._optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_config is not None:
+            factory = self.scheduler_config["scheduler"]
+            self._scheduler(
+                functools.partial(factory, total_steps=100) if fills_total_steps(factory) else factory, optimizer
+            )
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
+        optimizer = self._optimizer([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_config is None:
             return optimizer
         config = dict(self.scheduler_config)
         factory = config.pop("scheduler")
-        if isinstance(factory, functools.partial) and factory.keywords.get("total_steps", 0) is None:
-            interval = config.get("interval", "epoch")
-            steps = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
-            factory = functools.partial(factory, total_steps=int(steps))
-        return {"optimizer": optimizer, "lr_scheduler": {**config, "scheduler": factory(optimizer)}}
+        if fills_total_steps(factory):
+            steps = scheduler_steps(self.trainer, config.get("interval", "epoch"), config.get("frequency", 1))
+            factory = functools.partial(factory, total_steps=steps)
+            self._schedule = (factory, steps)
+        return {"optimizer": optimizer, "lr_scheduler": {**config, "scheduler": self._scheduler(factory, optimizer)}}
+
+    def on_train_start(self) -> None:
+        # A resumed run's scheduler state was restored after configure_optimizers, with the length of the
+        # run that saved it; rebuild it for this run's length, at the step it had reached.
+        if self._schedule is None:
+            return
+        factory, steps = self._schedule
+        config = self.trainer.lr_scheduler_configs[0]
+        saved = getattr(config.scheduler, "total_steps", steps)
+        if saved != steps:
+            config.scheduler = continue_schedule(factory, config.scheduler)
+            log.info(
+                f"Learning-rate schedule recomputed for this run's {steps} steps (it was {saved}), "
+                f"continuing at step {config.scheduler.last_epoch}"
+            )

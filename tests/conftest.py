@@ -11,6 +11,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 import image_classification  # noqa: F401  (registers the config resolvers)
+from image_classification.config import run_config_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -47,6 +48,13 @@ def compose_config(tmp_path: Path, *overrides: str) -> DictConfig:
     with open_dict(cfg):  # the compose API has no hydra:runtime; nothing reads it once output_dir is set
         cfg.pop("hydra", None)
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def run_policy():
+    """Tests instantiate the run's own config as trainer.py does: under the run's policy."""
+    with run_config_policy():
+        yield
 
 
 @pytest.fixture

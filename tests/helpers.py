@@ -53,3 +53,51 @@ class Stripes(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.images[index], self.targets[index]
+
+
+class StepLog(L.Callback):
+    """Appends, at the start of every training batch, the global step and the learning rate about to be used."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "lr": lr}) + "\n")
+
+
+class ValLog(L.Callback):
+    """Appends each validated epoch's ``val/*`` metrics."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, **metrics}) + "\n")
+
+
+class DigitsWithout(torch.utils.data.Dataset):
+    """The digits without some classes (a test set in which a class has no images)."""
+
+    def __init__(self, drop: list[int]):
+        from image_classification.data import Digits
+
+        digits = Digits()
+        self.classes = digits.classes
+        keep = [i for i, t in enumerate(digits.targets) if t not in drop]
+        self.images, self.targets = digits.images[keep], [digits.targets[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]
+
+
+def read_lines(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT, write_image_folder
 
 
@@ -75,3 +76,46 @@ def test_target_that_does_not_import(tmp_path, target):
 def test_missing_checkpoint(tmp_path):
     result = run_trainer(tmp_path, f"ckpt_path={tmp_path / 'no.ckpt'}", "trainer.max_epochs=1")
     assert_clear_error(result, "does not exist")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("network.dropout=1.5", "network: ValueError: dropout probability has to be between 0 and 1, but got 1.5"),
+        ("optimizer.lr=-1", "optimizer: Invalid learning rate: -1"),
+        ("data.batch_size=0", "data.batch_size must be a positive whole number, got 0"),
+        ("experiment=null", "experiment=null is not a choice: use ~experiment to leave it out"),
+        ("scheduler.scheduler.warmup_fraction=1.5", "scheduler: warmup_fraction must be in [0, 1), got 1.5"),
+    ],
+)
+def test_bad_values_get_one_line_before_anything_is_written(tmp_path, override, expected):
+    result = run_trainer(tmp_path, override, "trainer.max_epochs=1")
+    assert_clear_error(result, expected)
+    assert len([line for line in (result.stdout + result.stderr).splitlines() if "Error" in line]) == 1
+    assert not list(tmp_path.glob("logs/**/*.ckpt")) and not list(tmp_path.glob("logs/**/config.yaml"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_trainer_without_a_gpu(tmp_path):
+    assert_clear_error(run_trainer(tmp_path, "trainer=gpu"), "this machine has no CUDA GPU: use trainer=cpu")
+
+
+def test_ckpt_path_last_in_a_new_run_directory_says_where_it_looked(tmp_path):
+    result = run_trainer(tmp_path, "hydra.run.dir=logs/new", "ckpt_path=last")
+    assert_clear_error(result, f"there is no {tmp_path / 'logs/new/checkpoints/last.ckpt'}", "hydra.run.dir=")
+    assert not (tmp_path / "logs/new/checkpoints").exists()
+
+
+def test_a_run_without_validation_succeeds(tmp_path):
+    """No val/* metric is logged; nothing asks for one outside a sweep."""
+    result = run_trainer(tmp_path, "trainer.limit_val_batches=0", "trainer.max_epochs=1", "logger=none")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_run_prints_no_library_noise(tmp_path):
+    result = run_trainer(tmp_path, "trainer.max_epochs=1", "logger=none")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for noise in ("litlogger", "LeafSpec", "Trainer already configured", "pin_memory", "TensorBoard:"):
+        assert noise not in output, noise
+    assert "Test accuracy:" in output

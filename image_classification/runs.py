@@ -1,0 +1,115 @@
+"""A run's directory and its records: which checkpoint to continue, the config a resumed run recomposes,
+``config.yaml`` / ``overrides.yaml`` written once the run is known to be valid, and ``metrics.json``."""
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from image_classification.checkpoint import METADATA_KEY, read_checkpoint
+from image_classification.errors import UserError
+
+log = logging.getLogger(__name__)
+LAST = "last"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where a run keeps the checkpoint of its last finished epoch."""
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint file ``ckpt_path`` names: a file, or ``last`` for the run directory's ``last.ckpt``."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == LAST:
+        path = last_checkpoint(run_dir)
+        if not path.is_file():
+            raise UserError(
+                f"ckpt_path=last: there is no {path}; to continue a run, add hydra.run.dir=<that run's directory>, "
+                "or give ckpt_path=<a .ckpt file>"
+            )
+        return str(path)
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path {ckpt_path} does not exist: give a .ckpt file, `last`, or null")
+    return str(ckpt_path)
+
+
+def check_resumable(ckpt_path: str | None, max_epochs: int | None) -> None:
+    """A resumed run must have epochs left to train, or at least no fewer than the checkpoint has done."""
+    if ckpt_path is None or max_epochs is None or max_epochs < 0:
+        return
+    done = read_checkpoint(ckpt_path)["epoch"] + 1
+    if max_epochs < done:
+        raise UserError(
+            f"{ckpt_path} has trained {done} epochs but trainer.max_epochs={max_epochs}: "
+            f"set trainer.max_epochs to {done} or more"
+        )
+
+
+def merge_overrides(saved: Sequence[str], new: Sequence[str]) -> list[str]:
+    """``saved`` overrides with each key the ``new`` ones set replaced, then the ``new`` ones' other keys."""
+    parser = OverridesParser.create()
+    merged = {o.key_or_group: o for o in parser.parse_overrides(list(saved))}
+    lines = {key: o.input_line for key, o in merged.items()}
+    for override in parser.parse_overrides(list(new)):
+        key, line = override.key_or_group, override.input_line
+        old = merged.get(key)
+        if old is not None and old.is_add() and not (override.is_add() or override.is_force_add()):
+            line = f"++{line}"  # the saved run added this key; a plain override of it must add it too
+        lines.pop(key, None)
+        lines[key] = line
+    return list(lines.values())
+
+
+def resume_overrides(ckpt_path: str | None, run_dir: Path, overrides: Sequence[str]) -> list[str] | None:
+    """The overrides a resumed run composes its config from: the ones the checkpoint's run was composed
+    with, under the ones given now. None when not resuming, or the checkpoint records none."""
+    path = resolve_ckpt_path(ckpt_path, run_dir)
+    if path is None:
+        return None
+    saved = read_checkpoint(path)[METADATA_KEY].get("overrides")
+    if saved is None:
+        return None
+    return merge_overrides(saved, overrides)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file beside it, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_run_records(run_dir: Path, config: dict[str, Any], overrides: Sequence[str] | None) -> None:
+    """``config.yaml`` (the resolved config that runs) and ``overrides.yaml`` (what composed it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_atomically(run_dir / "overrides.yaml", yaml.safe_dump(list(overrides or []), sort_keys=False))
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    write_atomically(run_dir / "metrics.json", json.dumps(report, indent=2))
+
+
+def checkpoint_paths(callbacks: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The best and the last checkpoint the ``best_checkpoint`` and ``last_checkpoint`` callbacks wrote.
+
+    ``last_checkpoint`` is a ModelCheckpoint without a monitor that keeps one file, ``last.ckpt``,
+    rewritten at the end of every epoch: its "best" path is that file.
+    """
+    best, last = callbacks.get("best_checkpoint"), callbacks.get("last_checkpoint")
+    return (best.best_model_path or None) if best else None, (last.best_model_path or None) if last else None
+
+
+def checkpoint_val_metrics(path: str | None) -> tuple[dict[str, float], int | None]:
+    """The ``val/*`` metrics of the weights a checkpoint holds, and its epoch."""
+    if not path:
+        return {}, None
+    metadata = read_checkpoint(path)[METADATA_KEY]
+    return dict(metadata.get("val_metrics", {})), metadata.get("epoch")
