@@ -2,11 +2,13 @@
 
 import json
 import math
+import subprocess
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from image_classification.checkpoint import git_commit
 from image_classification.losses import FocalLoss
 from image_classification.schedulers import WarmupCosine
 from image_classification.summarize import main as summarize_main
@@ -38,6 +40,31 @@ def test_focal_loss_alpha_weights_classes():
     logits, targets = torch.zeros(2, 2), torch.tensor([0, 1])
     losses = FocalLoss(gamma=0.0, alpha=[1.0, 3.0], reduction="none")(logits, targets)
     torch.testing.assert_close(losses, torch.tensor([math.log(2), 3 * math.log(2)]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_focal_loss_with_alpha_at_gamma_zero_is_weighted_cross_entropy(reduction, label_smoothing):
+    torch.manual_seed(0)
+    logits, targets = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    alpha = [0.5, 1.0, 2.0, 4.0]
+    focal = FocalLoss(gamma=0.0, alpha=alpha, label_smoothing=label_smoothing, reduction=reduction)
+    weight = torch.tensor(alpha)
+    expected = F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
+    torch.testing.assert_close(focal(logits, targets), expected)
+    soft = torch.softmax(torch.randn(16, 4), dim=1)
+    expected_soft = F.cross_entropy(logits, soft, weight=weight, label_smoothing=label_smoothing, reduction=reduction)
+    torch.testing.assert_close(focal(logits, soft), expected_soft)
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.5, 1.0, 2.0])
+def test_focal_loss_gradients_are_finite_on_confident_predictions(gamma):
+    logits = torch.tensor([[30.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, 50.0, 0.0], [2.0, 1.0, 0.0]], requires_grad=True)
+    targets = torch.tensor([0, 0, 0, 1])  # right and sure, right and surer, wrong and sure, unsure
+    loss = FocalLoss(gamma=gamma)(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all(), logits.grad
+    assert logits.grad[2].abs().sum() > 0, "a confident wrong answer must still be corrected"
 
 
 def lrs(total=100, **kwargs):
@@ -122,3 +149,38 @@ def test_summarize_gives_mean_and_sample_std(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["test/acc", "98.00", "+-", "1.00%", "(n=3)"]
     assert lines[1].split() == ["wall_time_s", "11.00", "+-", "1.00", "s", "(n=3)"]
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def make_repo(path):
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q")
+    git(path, "config", "user.email", "t@example.com")
+    git(path, "config", "user.name", "t")
+    return path
+
+
+def test_git_commit_of_the_framework_repository_marks_untracked_files_dirty(tmp_path):
+    repo = make_repo(tmp_path / "image_classification_clone")
+    (repo / "image_classification").mkdir()
+    (repo / "image_classification" / "__init__.py").write_text("")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    sha = git(repo, "rev-parse", "HEAD")
+    assert git_commit(repo) == sha
+    (repo / "image_classification" / "new_network.py").write_text("")  # untracked code runs too
+    assert git_commit(repo) == f"{sha}-dirty"
+
+
+def test_git_commit_is_none_when_installed_inside_another_repository(tmp_path):
+    users_repo = make_repo(tmp_path / "my_project")
+    (users_repo / "notes.txt").write_text("mine")
+    git(users_repo, "add", ".")
+    git(users_repo, "commit", "-qm", "users commit")
+    site_packages = users_repo / ".venv" / "lib" / "python3.11" / "site-packages"
+    (site_packages / "image_classification").mkdir(parents=True)
+    assert git_commit(site_packages) is None  # not the user's commit
+    assert git_commit(tmp_path / "not_a_repo") is None
