@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-DEFAULT_METRICS = ("test/acc", "test/acc_top5", "val/acc_best", "wall_time_s")
+DEFAULT_METRICS = ("test/acc", "test/acc_top5", "test/nll", "val/acc", "val/nll", "wall_time_s")
 
 
 def collect(folder: Path) -> list[dict[str, float]]:
@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         sys.exit(f"no metrics.json under {args.folder}: point at a run or multirun directory")
     for metric, (mean, spread, n) in summarize(runs, args.metrics).items():
-        scale, unit = (1, " s") if metric.endswith("_s") else (100, "%")
-        print(f"{metric:16s} {scale * mean:8.2f} +- {scale * spread:.2f}{unit}  (n={n})")
+        if "/acc" in metric:
+            print(f"{metric:16s} {100 * mean:8.2f} +- {100 * spread:.2f}%  (n={n})")
+        elif metric.endswith("_s"):
+            print(f"{metric:16s} {mean:8.2f} +- {spread:.2f} s  (n={n})")
+        else:
+            print(f"{metric:16s} {mean:8.4f} +- {spread:.4f}  (n={n})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The Optuna sweep as a user runs it: failed trials are recorded and skipped, a second run continues."""
 
+import json
 import subprocess
 import sys
 
@@ -29,9 +30,12 @@ def sweep(cwd, *overrides):
     return result
 
 
+def study(cwd, study_name):
+    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{cwd}/logs/optuna-digits.db")
+
+
 def states(cwd, study_name):
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{cwd}/logs/optuna-digits.db")
-    return sorted(t.state.name for t in study.trials)
+    return sorted(t.state.name for t in study(cwd, study_name).trials)
 
 
 @pytest.mark.slow
@@ -51,8 +55,30 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_sweep_continues_the_study(tmp_path):
+def test_a_second_sweep_continues_the_study_with_new_points(tmp_path):
+    first = sweep(tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=2")
+    assert "CONFIG" not in first.stdout, "the config tree is not printed for every trial"
     sweep(tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=2")
-    assert states(tmp_path, "digits") == ["COMPLETE", "COMPLETE"]
-    sweep(tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=1")
-    assert states(tmp_path, "digits") == ["COMPLETE"] * 3
+    trials = study(tmp_path, "digits").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert trials[2].params != trials[0].params and trials[3].params != trials[1].params, "a rerun repeated trials"
+
+
+@pytest.mark.slow
+def test_the_objective_tells_fully_trained_trials_apart(tmp_path):
+    """Trained as the recipe trains (20 epochs), most trials reach 100% validation accuracy; the objective
+    (the tested checkpoint's validation NLL, as metrics.json reports it) still ranks them."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trainer.py"), "--multirun", "hp_search=digits_optuna", "hydra.sweeper.n_trials=4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    values = sorted(t.value for t in study(tmp_path, "digits").trials)
+    assert len(set(values)) == 4, values
+    reported = sorted(
+        json.loads(p.read_text())["metrics"]["val/nll"] for p in tmp_path.glob("logs/train/multiruns/*/*/metrics.json")
+    )
+    assert reported == pytest.approx(values)
