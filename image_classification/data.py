@@ -27,6 +27,14 @@ DatasetFactory = Callable[[], Dataset | None]
 SPLITS = ("train", "val", "test")
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (the ``${usable_cpus:}`` resolver: loader worker defaults)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Digits(Dataset):
     """scikit-learn's bundled 1,797 handwritten digits as 8x8 uint8 grey images; nothing to download."""
 
@@ -136,6 +144,54 @@ def image_folder(root: str, split: str, **kwargs: Any) -> Dataset | None:
     return ImageFolder(str(path), **kwargs)
 
 
+def _quotas(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over classes in proportion to ``counts`` (largest remainders), summing to ``total``."""
+    exact = counts * total / max(1, counts.sum())
+    quotas = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - quotas), kind="stable")
+    quotas[order[: total - quotas.sum()]] += 1
+    return quotas
+
+
+def stratified_hold_out(
+    targets: Sequence[int] | None, n_items: int, sizes: Sequence[int], seed: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Hold out disjoint sets of ``sizes`` items, each with the class proportions of the whole (so a small
+    class is represented), chosen by a permutation seeded with ``seed``; returns them and the rest.
+
+    Without ``targets`` (a dataset that does not list its labels) the sets are plain random draws.
+    """
+    order = np.random.default_rng(seed).permutation(n_items)
+    if targets is None or n_items == 0:
+        bounds = np.cumsum([0, *sizes])
+        return [order[a:b] for a, b in zip(bounds, bounds[1:], strict=False)], order[bounds[-1] :]
+    labels = np.asarray(targets)[order]
+    classes = np.unique(labels)
+    remaining = {c: order[labels == c] for c in classes}  # each class's items, in permutation order
+    position = np.empty(n_items, dtype=np.int64)
+    position[order] = np.arange(n_items)
+
+    def in_order(items: np.ndarray) -> np.ndarray:  # as the permutation drew them: classes interleaved
+        return items[np.argsort(position[items])]
+
+    held = []
+    for size in sizes:
+        counts = np.array([len(remaining[c]) for c in classes])
+        quotas = _quotas(counts, size)
+        held.append(in_order(np.concatenate([remaining[c][:q] for c, q in zip(classes, quotas, strict=True)])))
+        remaining = {c: remaining[c][q:] for c, q in zip(classes, quotas, strict=True)}
+    return held, in_order(np.concatenate(list(remaining.values())))
+
+
+def dataset_targets(dataset: Dataset) -> list[int] | None:
+    """The labels of a dataset without reading its images, where it lists them (``targets``, as
+    torchvision's datasets do)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) != len(dataset):
+        return None
+    return [int(t) for t in targets]
+
+
 class TransformedSubset(Dataset):
     """``dataset[indices[i]]`` with ``transform`` applied to the image."""
 
@@ -162,12 +218,14 @@ class DataModule(L.LightningDataModule):
     """Train/val/test loaders from injected dataset factories and transforms.
 
     A missing val or test set (``None``, or a factory that returns None) is held out of the training set:
-    ``test_fraction`` first, then ``val_fraction`` of the rest, by a permutation seeded with ``split_seed``
-    (independent of the run's ``seed``, so every run of an experiment is tested on the same images).
+    ``test_fraction`` first, then ``val_fraction`` of the rest, stratified by class, by a permutation seeded
+    with ``split_seed`` (independent of the run's ``seed``, so every run of an experiment is tested on the
+    same images).
 
     Args:
         root: where the data lives, for the dataset configs to point at; checked to exist.
-        download: fetch the data in ``prepare_data`` (the dataset configs pass it to their factories).
+        download: fetch the data in ``prepare_data`` (the dataset configs pass it to their factories); None
+            for data that cannot be downloaded.
         channels, image_size: what a transformed training image must be; checked on the first image, so a
             network configured from them (``${data.channels}``) fits the data.
         train_batch_transform, eval_batch_transform: ``(images, labels) -> (images, labels)`` on whole
@@ -180,7 +238,7 @@ class DataModule(L.LightningDataModule):
         train_set: DatasetFactory,
         num_classes: int,
         root: str | None = None,
-        download: bool = False,
+        download: bool | None = None,
         channels: int | None = None,
         image_size: int | None = None,
         val_set: DatasetFactory | None = None,
@@ -203,6 +261,11 @@ class DataModule(L.LightningDataModule):
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= fraction < 1.0:
                 raise DataError(f"data.{name} must be in [0, 1), got {fraction}")
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
+            if not isinstance(size, int) or size < 1:
+                raise DataError(f"data.{name} must be a positive whole number, got {size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise DataError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers!r}")
         self.factories = {"train": train_set, "val": val_set, "test": test_set}
         self.num_classes = num_classes
         self.root = root
@@ -234,6 +297,9 @@ class DataModule(L.LightningDataModule):
                 if factory is not None:
                     self._build(name, factory)
 
+    def _root(self) -> Path | None:
+        return Path(self.root).expanduser().absolute() if self.root is not None else None
+
     def _build(self, name: str, factory: DatasetFactory) -> Dataset | None:
         try:
             return factory()
@@ -241,33 +307,42 @@ class DataModule(L.LightningDataModule):
             raise
         except (OSError, RuntimeError, ValueError) as err:  # torchvision's "Dataset not found", bad paths
             target = getattr(getattr(factory, "func", factory), "__qualname__", repr(factory))
+            if "download=True" in str(err) and self.download is not None:  # torchvision's missing files
+                raise DataError(
+                    f"data.{name}_set ({target}): the dataset's files are not under {self._root()}: copy them "
+                    "there (or point paths.data_dir at them), or add data.download=true to fetch them"
+                ) from err
             raise DataError(f"data.{name}_set ({target}) could not be loaded: {err}") from err
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets and splits once (idempotent, so ``train`` can validate data before fitting)."""
         if self.datasets:
             return
-        if self.root is not None and not self.download and not Path(self.root).expanduser().is_dir():
-            raise DataError(f"data directory {self.root} does not exist: set data.root, or data.download=true")
+        root = self._root()
+        if root is not None and not self.download and not root.is_dir():
+            fix = ", or add data.download=true to fetch the data" if self.download is not None else ""
+            raise DataError(f"data directory {root} does not exist: set paths.data_dir or data.root{fix}")
         full_train = self._build("train", self.factories["train"])
         sets = {
             name: self._build(name, factory) if factory is not None else None
             for name, factory in self.factories.items()
             if name != "train"
         }
-        order = np.random.default_rng(self.split_seed).permutation(len(full_train))
         n_test = round(self.test_fraction * len(full_train)) if sets["test"] is None else 0
         n_val = round(self.val_fraction * (len(full_train) - n_test)) if sets["val"] is None else 0
         if sets["test"] is None and n_test == 0:
             raise DataError("there is no test set: configure data.test_set or set data.test_fraction > 0")
         if sets["val"] is None and n_val == 0:
             raise DataError("there is no validation set: configure data.val_set or set data.val_fraction > 0")
-        held = {"test": order[:n_test], "val": order[n_test : n_test + n_val]}
-        self.datasets["train"] = TransformedSubset(full_train, order[n_test + n_val :], self.train_transform)
+        targets = dataset_targets(full_train)
+        (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
+        held = {"test": test, "val": val}
+        self.datasets["train"] = TransformedSubset(full_train, train, self.train_transform)
         for name in ("val", "test"):
             if sets[name] is None:
                 self.datasets[name] = TransformedSubset(full_train, held[name], self.eval_transform)
-                log.info(f"{name} set: {len(held[name])} images held out of the training set")
+                how = "stratified by class" if targets is not None else "at random (the dataset lists no targets)"
+                log.info(f"{name} set: {len(held[name])} images held out of the training set, {how}")
             else:
                 self.datasets[name] = TransformedSubset(sets[name], None, self.eval_transform)
         self.classes = class_names(full_train)

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from image_classification.config import instantiate
+from image_classification.data import stratified_hold_out, usable_cpus
 from image_classification.errors import DataError
 
 
@@ -129,10 +130,59 @@ def test_mnist_reads_the_real_file_format(make_config, tmp_path):
     assert np.array_equal(labels.numpy(), np.arange(len(labels)) % 10)
 
 
-def test_mnist_missing_files_say_how_to_get_them(make_config, tmp_path):
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_missing_downloadable_files_name_the_absolute_path_and_the_fix(make_config, tmp_path, monkeypatch, dataset):
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(f"data={dataset}", "data.num_workers=0", "paths.data_dir=data")  # relative, as shipped
+    with pytest.raises(DataError, match=f"data directory {tmp_path / 'data'} does not exist.*data.download=true"):
+        setup_data(cfg)
     (tmp_path / "data").mkdir()
-    with pytest.raises(DataError, match="download=True"):
-        setup_data(make_config("data=mnist", "data.num_workers=0"))
+    with pytest.raises(DataError, match=f"not under {tmp_path / 'data'}: .*add data.download=true") as error:
+        setup_data(cfg)
+    assert "download=True" not in str(error.value)  # torchvision's Python-call advice, not our config's
+
+
+def test_held_out_sets_are_stratified_by_class(make_config):
+    datamodule = setup_data(make_config())
+    dataset = datamodule.datasets["train"].dataset
+    labels = np.array(dataset.targets)
+    totals = np.bincount(labels, minlength=10)
+    for split in ("val", "test"):
+        counts = np.bincount(labels[list(indices(datamodule, split))], minlength=10)
+        expected = totals * counts.sum() / totals.sum()
+        assert np.all(np.abs(counts - expected) < 1), (split, counts, expected)
+
+
+def test_stratified_hold_out_sizes_and_rest():
+    targets = [0] * 50 + [1] * 30 + [2] * 3  # a small class is still represented
+    (test, val), rest = stratified_hold_out(targets, len(targets), (20, 10), seed=0)
+    assert (len(test), len(val), len(rest)) == (20, 10, 53)
+    assert sorted(np.concatenate([test, val, rest]).tolist()) == list(range(83))
+    assert np.bincount(np.array(targets)[test], minlength=3).tolist() == [12, 7, 1]
+    again, _ = stratified_hold_out(targets, len(targets), (20, 10), seed=0)
+    assert np.array_equal(again[0], test)
+    (unlabelled, _), _ = stratified_hold_out(None, 83, (20, 10), seed=0)  # a dataset without targets
+    assert len(unlabelled) == 20
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=0", "data.batch_size must be a positive whole number, got 0"),
+        ("data.num_workers=-1", "data.num_workers must be 0"),
+        ("data.val_fraction=1.5", "data.val_fraction must be in"),
+    ],
+)
+def test_bad_loader_values_are_refused_when_the_datamodule_is_built(make_config, override, message):
+    with pytest.raises(DataError, match=message):
+        instantiate(make_config(override).data, "data")
+
+
+def test_machine_dependent_loader_defaults(make_config, tmp_path):
+    root = write_image_folder(tmp_path / "photos")
+    cfg = make_config("data=image_folder", f"data.root={root}")
+    assert cfg.data.num_workers == usable_cpus()
+    assert cfg.data.pin_memory == torch.cuda.is_available()
 
 
 def test_missing_fraction_and_set_is_an_error(make_config):
