@@ -1,6 +1,7 @@
 """The default job written as a plain PyTorch loop, no Lightning or Hydra: the baseline of overhead.py.
 
-Same as ``python trainer.py``: scikit-learn digits, the held-out 20% test / 10% val split (split seed 0),
+Same as ``python trainer.py``: scikit-learn digits, a held-out 20% test / 10% val split stratified by class
+(scikit-learn's, so the same sizes and class proportions as ours, not the same images),
 the 48-96-192 CNN with dropout 0.2, AdamW (lr 3e-3, wd 0.01), 10% linear warmup + cosine per step,
 label smoothing 0.1, a random shift of up to 1 pixel per image and normalisation done on whole batches,
 batch 64, 20 epochs, validation every epoch, and the test set scored with the weights of the lowest
@@ -18,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
@@ -75,10 +77,10 @@ def main():
     digits = load_digits()
     images = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
     labels = digits.target.tolist()
-    order = np.random.default_rng(0).permutation(len(labels))
     n_test = round(0.2 * len(labels))
     n_val = round(0.1 * (len(labels) - n_test))
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    rest, test = train_test_split(np.arange(len(labels)), test_size=n_test, stratify=labels, random_state=0)
+    train, val = train_test_split(rest, test_size=n_val, stratify=[labels[i] for i in rest], random_state=0)
     train_loader = DataLoader(Split(images, labels, train), batch_size=BATCH, shuffle=True)
     val_loader = DataLoader(Split(images, labels, val), batch_size=BATCH)
     test_loader = DataLoader(Split(images, labels, test), batch_size=BATCH)
