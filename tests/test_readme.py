@@ -1,0 +1,58 @@
+"""The README's examples run as written. A fenced block right after a `<!-- readme-test: name -->` line is
+one of them; each test runs it in a fresh folder that holds trainer.py and configs/, with .venv's python."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```(\w+)\n(.*?)```", re.DOTALL)
+
+
+def readme_blocks() -> dict[str, str]:
+    return {name: code for name, _, code in BLOCK.findall((ROOT / "README.md").read_text())}
+
+
+def workspace(tmp_path: Path) -> dict[str, str]:
+    """A folder like a checkout: trainer.py and configs/ linked in, `python` the one running the tests."""
+    for name in ("trainer.py", "configs"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    return env
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_the_marked_blocks_exist():
+    assert {"my-network", "my-network-run", "load-network"} <= readme_blocks().keys()
+
+
+@pytest.mark.slow
+def test_your_own_network_as_the_readme_shows_it(tmp_path):
+    blocks = readme_blocks()
+    env = workspace(tmp_path)
+    (tmp_path / "my_lab").mkdir()
+    (tmp_path / "my_lab" / "nets.py").write_text(blocks["my-network"])
+    run(["bash", "-euo", "pipefail", "-c", blocks["my-network-run"]], tmp_path, env)
+    config = next(tmp_path.glob("logs/train/runs/*/config.yaml")).read_text()
+    assert "_target_: my_lab.nets.WideNet" in config and "width: 128" in config
+
+
+@pytest.mark.slow
+def test_load_network_as_the_readme_shows_it(tmp_path):
+    env = workspace(tmp_path)
+    run([sys.executable, "trainer.py", "trainer.max_epochs=3"], tmp_path, env)
+    printed = run([sys.executable, "-c", readme_blocks()["load-network"]], tmp_path, env).stdout
+    predicted, true = re.search(r"predicted: (\[.*\]) true: (\[.*\])", printed).groups()
+    assert sum(p == t for p, t in zip(ast.literal_eval(predicted), map(str, ast.literal_eval(true)), strict=True)) >= 6
