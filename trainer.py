@@ -5,6 +5,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -75,7 +76,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
 
     runs.write_run_records(run_dir, resolved, overrides)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        if ckpt_path:  # continuing a run in its own directory: of course its checkpoints are there
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best, last = runs.checkpoint_paths(callbacks)  # before test restores the callbacks' state from `best`
     tested = best or last
     val_metrics, tested_epoch = runs.checkpoint_val_metrics(tested)
