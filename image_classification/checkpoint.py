@@ -26,8 +26,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # The nn.Module classes of these packages are networks a checkpoint may build without the caller vouching
 # for more; so are this package's own networks (`networks.__all__`) and torchvision's model builders. A
 # `_target_` outside these prefixes is refused before anything is imported.
-TRUSTED_MODULE_PACKAGES = ("torch.nn.", "torchvision.models.")
+TRUSTED_MODULE_PACKAGES = ("torch.nn.", "torchvision.models.", "timm.models.", "timm.layers.")
 TRUSTED_PREFIXES = (*TRUSTED_MODULE_PACKAGES, "image_classification.")
+# Arguments that say which weights a network starts from; rebuilding a checkpoint's network clears them (its
+# own weights replace them), so nothing is read or downloaded on the way.
+STARTING_WEIGHTS = {"checkpoint": None, "pretrained": False, "weights": None}
 
 
 def git_commit(package_root: Path = PACKAGE_ROOT) -> str | None:
@@ -119,8 +122,8 @@ def _targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:
 
 def is_trusted_network(target: Any) -> bool:
     """Whether a located ``_target_`` is something a network can be: one of this package's networks
-    (``networks.__all__``), an ``nn.Module`` class of torch.nn or torchvision.models, or a torchvision model
-    builder. Nothing that instantiates, loads files or runs a command."""
+    (``networks.__all__``), an ``nn.Module`` class of torch.nn, torchvision.models or timm, or a torchvision
+    model builder. Nothing that instantiates configs or runs a command."""
     ours = {id(getattr(networks, name)) for name in networks.__all__}
     if id(target) in ours:
         return True
@@ -164,9 +167,21 @@ def network_allow_list(config: dict[str, Any], trusted_targets: Sequence[str] = 
                 f"if you trust the checkpoint, pass load_network(path, trusted_targets=[{target!r}])"
             )
         allowed += [target, f"{located.__module__}.{located.__qualname__}"]
-        if not inspect.isclass(located):
-            allowed.append(f"{located.__module__}.*")
+        if not inspect.isclass(located):  # Hydra also checks the class of the network a builder returns
+            allowed += [f"{package}*" for package in TRUSTED_MODULE_PACKAGES]
     return list(dict.fromkeys(allowed))
+
+
+def without_starting_weights(node: Any) -> Any:
+    """A copy of a network config in which nothing names the weights the network started from."""
+    if isinstance(node, dict):
+        cleared = {
+            k: STARTING_WEIGHTS[k] if k in STARTING_WEIGHTS else without_starting_weights(v) for k, v in node.items()
+        }
+        return cleared
+    if isinstance(node, list | tuple):
+        return [without_starting_weights(v) for v in node]
+    return node
 
 
 def load_network(
@@ -184,7 +199,7 @@ def load_network(
     The network's class names are in ``read_checkpoint(path)["image_classification"]["class_names"]``.
     """
     checkpoint = read_checkpoint(path, map_location)
-    network_config = checkpoint[METADATA_KEY]["config"]["network"]
+    network_config = without_starting_weights(checkpoint[METADATA_KEY]["config"]["network"])
     allowed = network_allow_list(network_config, trusted_targets)
     # reset=True: the allow-list holds even when called from inside a run's unrestricted policy.
     with execution_whitelist(allowed, reset=True):

@@ -1,12 +1,8 @@
-"""Networks small enough to train on a CPU in seconds."""
+"""A CNN small enough to train on a CPU in seconds."""
 
 from collections.abc import Sequence
 
 from torch import nn
-
-# What a network can be: every name here may be built from a checkpoint's config by `load_network`, so
-# nothing that instantiates configs, loads files or runs commands belongs in this list.
-__all__ = ["SmallCNN"]
 
 
 class SmallCNN(nn.Module):
