@@ -110,3 +110,49 @@ def write_image_folder(root: Path, splits: tuple[str, ...] = ("train", "val", "t
                 crop = Image.fromarray(image[y : y + 96 : 2, x : x + 96 : 2])
                 crop.save(folder / f"{i}.{'jpg' if i % 2 else 'png'}")
     return root
+
+
+WNIDS = ("n01440764", "n01443537", "n02012849")  # ImageNet's tench, goldfish and (bird) crane
+
+
+def photo_crops(count: int, seed: int) -> list[Image.Image]:
+    """``count`` different 48x48 crops of the bundled photographs."""
+    images = list(photos().values())
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(count):
+        image = images[i % len(images)]
+        y, x = rng.integers(0, 200, size=2)
+        crops.append(Image.fromarray(image[y : y + 96 : 2, x : x + 96 : 2]))
+    return crops
+
+
+def write_imagenet(root: Path, per_class: int = 4, val_per_class: int = 2) -> Path:
+    """A prepared ImageNet layout in miniature: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for c, wnid in enumerate(WNIDS):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, crop in enumerate(photo_crops(count, seed=100 * c + (split == "val"))):
+                crop.save(folder / f"{wnid}_{i}.JPEG")
+    return root
+
+
+def write_tiny_imagenet(root: Path, per_class: int = 6, val_per_class: int = 2) -> Path:
+    """Tiny ImageNet as distributed, in miniature: wnids.txt, words.txt (two of three names), train/, val/."""
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    (root / "words.txt").write_text("n01440764\ttench, Tinca tinca\nn01443537\tgoldfish, Carassius auratus\n")
+    annotations = []
+    for c, wnid in enumerate(WNIDS):
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for i, crop in enumerate(photo_crops(per_class, seed=c)):
+            crop.resize((64, 64)).save(folder / f"{wnid}_{i}.JPEG")
+        for i, crop in enumerate(photo_crops(val_per_class, seed=50 + c)):
+            name = f"val_{c}_{i}.JPEG"
+            (root / "val" / "images").mkdir(parents=True, exist_ok=True)
+            crop.resize((64, 64)).save(root / "val" / "images" / name)
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return root

@@ -1,0 +1,249 @@
+"""The one DataModule that feeds every experiment.
+
+A dataset here is anything indexable that returns ``(image, label)`` with the image as a PIL image or a
+tensor; the DataModule applies the transforms, so a validation split carved out of a training set gets
+evaluation transforms, not augmentation. Datasets are configured as ``_partial_`` factories: nothing is
+read until ``setup``, and ``prepare_data`` (rank 0 only) calls the ones that download.
+"""
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from image_classification.data.datasets import SPLITS
+from image_classification.data.splits import dataset_targets, stratified_hold_out
+from image_classification.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DatasetFactory = Callable[[], Dataset | None]
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (the ``${usable_cpus:}`` resolver: loader worker defaults)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def held_out(fraction: float, size: int) -> int:
+    """How many of ``size`` images a ``fraction`` holds out: at least one when the fraction is not zero."""
+    return max(1, round(fraction * size)) if fraction > 0 and size > 1 else 0
+
+
+class TransformedSubset(Dataset):
+    """``dataset[indices[i]]`` with ``transform`` applied to the image."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Callable | None):
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[self.indices[index]]
+        return (self.transform(image) if self.transform else image), label
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The dataset's class names, where it says them (torchvision's ``classes`` attribute)."""
+    names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names is not None else None
+
+
+class DataModule(L.LightningDataModule):
+    """Train/val/test loaders from injected dataset factories and transforms.
+
+    A missing val or test set (``None``, or a factory that returns None) is held out of the training set:
+    ``test_fraction`` first, then ``val_fraction`` of the rest, stratified by class, by a permutation seeded
+    with ``split_seed`` (independent of the run's ``seed``, so every run of an experiment is tested on the
+    same images).
+
+    Args:
+        root: where the data lives, for the dataset configs to point at; checked to exist.
+        download: fetch the data in ``prepare_data`` (the dataset configs pass it to their factories); None
+            for data that cannot be downloaded.
+        channels, image_size: what a transformed training image must be; checked on the first image, so a
+            network configured from them (``${data.channels}``) fits the data.
+        train_batch_transform, eval_batch_transform: ``(images, labels) -> (images, labels)`` on whole
+            batches once they are on the training device (augmentation on the GPU, mixup); they follow the
+            per-image ``train_transform`` / ``eval_transform``.
+        settings: the values a data config composes its transforms from (``crop_scale``, ``interpolation``,
+            ``mix``, ``auto_augment``, ...), kept beside what uses them and in ``self.settings``.
+    """
+
+    def __init__(
+        self,
+        train_set: DatasetFactory,
+        num_classes: int,
+        root: str | None = None,
+        download: bool | None = None,
+        channels: int | None = None,
+        image_size: int | None = None,
+        val_set: DatasetFactory | None = None,
+        test_set: DatasetFactory | None = None,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        train_batch_transform: Callable | None = None,
+        eval_batch_transform: Callable | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+        **settings: Any,
+    ):
+        super().__init__()
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise DataError(f"data.{name} must be in [0, 1), got {fraction}")
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
+            if not isinstance(size, int) or size < 1:
+                raise DataError(f"data.{name} must be a positive whole number, got {size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise DataError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers!r}")
+        self.factories = {"train": train_set, "val": val_set, "test": test_set}
+        self.num_classes = num_classes
+        self.root = root
+        self.download = download
+        self.channels = channels
+        self.image_size = image_size
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.train_batch_transform = train_batch_transform
+        self.eval_batch_transform = eval_batch_transform
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.loader_kwargs = dict(
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+        self.drop_last = drop_last
+        self.settings = settings
+        self.datasets: dict[str, Dataset] = {}
+        self.classes: list[str] | None = None
+
+    def prepare_data(self) -> None:
+        """Download the datasets when ``download`` is set (Lightning runs this on one process only)."""
+        if self.download:
+            for name, factory in self.factories.items():
+                if factory is not None:
+                    self._build(name, factory)
+
+    def _root(self) -> Path | None:
+        return Path(self.root).expanduser().absolute() if self.root is not None else None
+
+    def _build(self, name: str, factory: DatasetFactory) -> Dataset | None:
+        try:
+            return factory()
+        except DataError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:  # torchvision's "Dataset not found", bad paths
+            target = getattr(getattr(factory, "func", factory), "__qualname__", repr(factory))
+            if "download=True" in str(err) and self.download is not None:  # torchvision's missing files
+                raise DataError(
+                    f"data.{name}_set ({target}): the dataset's files are not under {self._root()}: copy them "
+                    "there (or point paths.data_dir at them), or add data.download=true to fetch them"
+                ) from err
+            raise DataError(f"data.{name}_set ({target}) could not be loaded: {err}") from err
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets and splits once (idempotent, so ``train`` can validate data before fitting)."""
+        if self.datasets:
+            return
+        root = self._root()
+        if root is not None and not self.download and not root.is_dir():
+            fix = ", or add data.download=true to fetch the data" if self.download is not None else ""
+            raise DataError(f"data directory {root} does not exist: set paths.data_dir or data.root{fix}")
+        full_train = self._build("train", self.factories["train"])
+        sets = {
+            name: self._build(name, factory) if factory is not None else None
+            for name, factory in self.factories.items()
+            if name != "train"
+        }
+        n_test = held_out(self.test_fraction, len(full_train)) if sets["test"] is None else 0
+        n_val = held_out(self.val_fraction, len(full_train) - n_test) if sets["val"] is None else 0
+        if sets["test"] is None and n_test == 0:
+            raise DataError("there is no test set: configure data.test_set or set data.test_fraction > 0")
+        if sets["val"] is None and n_val == 0:
+            raise DataError("there is no validation set: configure data.val_set or set data.val_fraction > 0")
+        targets = dataset_targets(full_train)
+        (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
+        held = {"test": test, "val": val}
+        self.datasets["train"] = TransformedSubset(full_train, train, self.train_transform)
+        for name in ("val", "test"):
+            if sets[name] is None:
+                self.datasets[name] = TransformedSubset(full_train, held[name], self.eval_transform)
+                how = "stratified by class" if targets is not None else "at random (the dataset lists no targets)"
+                log.info(f"{name} set: {len(held[name])} images held out of the training set, {how}")
+            else:
+                self.datasets[name] = TransformedSubset(sets[name], None, self.eval_transform)
+        self.classes = class_names(full_train)
+        self._check_classes(full_train, sets)
+        for name in SPLITS:
+            if len(self.datasets[name]) == 0:
+                raise DataError(f"the {name} set is empty: check the data folder and the split fractions")
+        image, label = self.datasets["train"][0]
+        if self.train_batch_transform is not None:
+            image = self.train_batch_transform(image[None], torch.tensor([label]))[0][0]
+        self._check_image(image)
+
+    def _check_classes(self, train: Dataset, others: dict[str, Dataset | None]) -> None:
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise DataError(
+                f"data.num_classes is {self.num_classes} but the training set has {len(self.classes)} classes: "
+                f"set data.num_classes={len(self.classes)}"
+            )
+        for name, dataset in others.items():
+            names = class_names(dataset) if dataset is not None else None
+            if names is not None and self.classes is not None and names != self.classes:
+                raise DataError(f"the {name} set's classes {names} differ from the training set's {self.classes}")
+
+    def _check_image(self, image) -> None:
+        shape = tuple(getattr(image, "shape", ()))
+        if len(shape) != 3:
+            raise DataError(f"a transformed training image should be a CxHxW tensor, got {type(image).__name__}")
+        if self.channels is not None and shape[0] != self.channels:
+            raise DataError(f"data.channels is {self.channels} but transformed images have {shape[0]}: {shape}")
+        if self.image_size is not None and shape[1:] != (self.image_size, self.image_size):
+            raise DataError(f"data.image_size is {self.image_size} but transformed images are {shape[1:]}")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        training = self.trainer is not None and self.trainer.training
+        transform = self.train_batch_transform if training else self.eval_batch_transform
+        return batch if transform is None else transform(*batch)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size if name == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=self.drop_last and name == "train",
+            **self.loader_kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

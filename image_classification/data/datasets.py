@@ -1,0 +1,124 @@
+"""Datasets read from disk or bundled: digits, CIFAR-10, and folders of class subfolders."""
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import Dataset
+
+from image_classification.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+class Digits(Dataset):
+    """scikit-learn's bundled 1,797 handwritten digits as 8x8 uint8 grey images; nothing to download."""
+
+    classes = [str(i) for i in range(10)]
+
+    def __init__(self):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # 0..16 ink levels -> 0..255 so the usual uint8 -> float transforms apply unchanged.
+        pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+        self.images = torch.from_numpy(pixels).unsqueeze(1)
+        self.targets = digits.target.tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        # A plain tensor, not a tv_tensors.Image: v2 transforms treat it as an image, with less dispatch cost.
+        return self.images[index], self.targets[index]
+
+
+class CIFAR10(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR-10 reading the same ``cifar-10-batches-py`` files, checking they exist but not
+    their checksums, so a subset or a re-packed copy in the official format loads too."""
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root, self.base_folder)
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        path = Path(self.root, self.base_folder, self.meta["filename"])
+        if not path.is_file():
+            raise RuntimeError(f"{path} not found. You can use download=True to download it")
+        with path.open("rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+def _split_dirs(root: Path) -> list[str]:
+    return [s for s in SPLITS if (root / s).is_dir()]
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    """The class folders of ``folder``: its subfolders, hidden ones (``.ipynb_checkpoints``) excepted."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _class_names(folder: Path) -> list[str]:
+    """The class names of ``folder``; an error if it has none."""
+    names = [d.name for d in _class_dirs(folder)]
+    if not names:
+        raise DataError(f"{folder} has no class subfolders: put each class's images in a folder of its own")
+    return names
+
+
+def _class_root(root: str | os.PathLike) -> Path:
+    """The folder whose subfolders are the classes: ``root/train`` for split layouts, else ``root``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"data directory {root} does not exist: set data.root to a folder of class subfolders "
+            "or one with train/ (and optionally val/, test/) subfolders"
+        )
+    splits = _split_dirs(root)
+    if splits and "train" not in splits:
+        raise DataError(f"{root} has {'/, '.join(splits)}/ but no train/ folder")
+    return root / "train" if splits else root
+
+
+def image_folder_classes(root: str) -> int:
+    """How many classes an ImageFolder tree has (the ``${image_folder_classes:...}`` resolver)."""
+    return len(_class_names(_class_root(root)))
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder whose classes skip hidden folders, as :func:`image_folder_classes` does."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = _class_names(Path(directory))
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
+def image_folder(root: str, split: str, **kwargs: Any) -> Dataset | None:
+    """``root/<split>`` as an :class:`ImageFolder`, or ``root`` itself for ``train`` of a flat tree.
+
+    Returns None when ``root`` has split subfolders but not this one (or is flat and ``split`` is not
+    ``train``), so the DataModule holds out a fraction of train instead.
+    """
+    if split not in SPLITS:
+        raise DataError(f"image_folder split must be one of {SPLITS}, got {split!r}")
+    root_path = Path(root).expanduser()
+    if _class_root(root_path) == root_path:  # flat tree: class folders directly under root
+        path = root_path if split == "train" else None
+    else:
+        path = root_path / split if (root_path / split).is_dir() else None
+    if path is None:
+        return None
+    empty = [
+        d for d in _class_dirs(path) if not any(torchvision.datasets.folder.is_image_file(str(f)) for f in d.rglob("*"))
+    ]
+    if empty:
+        raise DataError(
+            f"class folder {empty[0]} has no images ({len(empty)} empty in {path}): "
+            f"add {'/'.join(torchvision.datasets.folder.IMG_EXTENSIONS)} files or remove the folder"
+        )
+    return ImageFolder(str(path), **kwargs)
