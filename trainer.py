@@ -19,6 +19,7 @@ from image_classification import runs
 from image_classification.checkpoint import RunMetadata, run_metadata
 from image_classification.config import (
     RUN_CONFIG_POLICY,
+    build_module,
     check_command_line,
     check_trainer,
     instantiate,
@@ -32,19 +33,6 @@ from image_classification.errors import UserError
 
 log = logging.getLogger("trainer")
 CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def build_module(cfg: DictConfig, class_names: list[str] | None = None):
-    """The LightningModule with its injected network, loss, optimizer and scheduler."""
-    return instantiate(
-        cfg.module,
-        "module",
-        network=instantiate(cfg.network, "network"),
-        loss=instantiate(cfg.loss, "loss"),
-        optimizer=instantiate(cfg.optimizer, "optimizer"),
-        scheduler=instantiate(cfg.scheduler, "scheduler"),
-        class_names=class_names,
-    )
 
 
 @run_config_policy()

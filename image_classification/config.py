@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # `instantiate` below never names a policy itself: it inherits the one in force, so inside
 # `checkpoint.load_network`'s allow-list it stays restricted whatever a checkpoint's config asks for.
 RUN_CONFIG_POLICY = UNSAFE_DISABLE_EXECUTION_CHECKS
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @contextlib.contextmanager
@@ -100,6 +101,28 @@ def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def build_module(cfg: DictConfig, class_names: list[str] | None = None):
+    """The LightningModule with its injected network, loss, optimizer and scheduler."""
+    return instantiate(
+        cfg.module,
+        "module",
+        network=instantiate(cfg.network, "network"),
+        loss=instantiate(cfg.loss, "loss"),
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        scheduler=instantiate(cfg.scheduler, "scheduler"),
+        class_names=class_names,
+    )
+
+
+def compose(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """The config ``python trainer.py <overrides>`` would run, for the commands that are not trainer.py;
+    ``paths.output_dir`` must be given (there is no Hydra run directory)."""
+    if not CONFIG_DIR.is_dir():
+        raise UserError(f"{CONFIG_DIR} does not exist: run the commands from a checkout of this project")
+    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR)):
+        return hydra.compose(config_name, overrides=list(overrides))
+
+
 def instantiate_each(node: DictConfig | None, what: str) -> dict[str, Any]:
     """Instantiate every entry with a ``_target_`` of a mapping (the callbacks and logger groups), by name."""
     if not node:
@@ -151,6 +174,27 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def device_count(accelerator: Any, devices: Any) -> int:
+    """How many devices Lightning will train on for these ``trainer.accelerator`` / ``trainer.devices``."""
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if str(devices) in ("auto", "-1"):  # Lightning: every GPU there is, or one CPU process
+        return 1 if str(accelerator) == "cpu" else max(1, torch.cuda.device_count())
+    return int(devices)
+
+
+def scaled_lr(base_lr: float, base_batch: int, *, _root_: DictConfig) -> float:
+    """``base_lr`` scaled linearly with the effective batch (Goyal et al., 2017): ``data.batch_size`` x devices
+    x ``trainer.num_nodes`` x ``trainer.accumulate_grad_batches`` over ``base_batch`` (the
+    ``${scaled_lr:5.0e-4,512}`` resolver), so a recipe stays right on one GPU or 64."""
+    trainer = _root_.trainer
+    devices = device_count(trainer.get("accelerator", "auto"), trainer.get("devices", 1))
+    batch = _root_.data.batch_size * devices * trainer.get("num_nodes", 1) * trainer.get("accumulate_grad_batches", 1)
+    return float(base_lr) * batch / float(base_batch)
+
+
 def register_resolvers() -> None:
     """Resolvers for derived values, so the printed config shows what ran."""
     resolvers = {
@@ -160,6 +204,7 @@ def register_resolvers() -> None:
         # Loader defaults chosen from the machine the run is on.
         "usable_cpus": usable_cpus,
         "cuda_available": torch.cuda.is_available,
+        "scaled_lr": scaled_lr,
         # A sweep's sampler seed, moved on by the trials its study already holds.
         "continued_seed": continued_seed,
     }

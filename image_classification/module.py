@@ -31,6 +31,11 @@ class ClassificationModule(L.LightningModule):
             of times the scheduler will step in the run. None for a constant learning rate.
         top_k: also log top-k accuracy, when k is less than the number of classes.
         class_names: names for the per-class test accuracies (defaults to the class indices).
+        decay_norm_and_bias: False keeps weight decay off norm layers, biases and what the network's
+            ``no_weight_decay()`` names (ViT's position embedding and class token, Swin's position-bias
+            tables), as the published ResNet, DeiT and Swin recipes do.
+        channels_last: train in the channels-last memory format (faster convolutions on recent GPUs).
+        compile: ``torch.compile`` the network for training and evaluation: True, or its keyword arguments.
     """
 
     def __init__(
@@ -42,6 +47,9 @@ class ClassificationModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         top_k: int = 5,
         class_names: Sequence[str] | None = None,
+        decay_norm_and_bias: bool = True,
+        channels_last: bool = False,
+        compile: bool | Mapping[str, Any] = False,
     ):
         super().__init__()
         self.network = network
@@ -60,13 +68,26 @@ class ClassificationModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume, unlike torchmetrics' default
         self._schedule: tuple[Callable, int] | None = None
+        self.decay_norm_and_bias = decay_norm_and_bias
+        self.channels_last = channels_last
+        self.compile_options = ({} if compile is True else dict(compile)) if compile else None
+        self._compiled = None
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if self.compile_options is not None and self._compiled is None:
+            # Kept out of the module's registry, so the state-dict keys stay the network's own.
+            object.__setattr__(self, "_compiled", torch.compile(self.network, **self.compile_options))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (self.network if self._compiled is None else self._compiled)(x)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self.network(images)
+        logits = self(images)
         loss = self.loss(logits, targets)
         labels = targets.argmax(dim=-1) if targets.ndim > 1 else targets  # soft targets (mixup) score by argmax
         accuracy = getattr(self, f"{stage}_acc")
@@ -116,6 +137,17 @@ class ClassificationModule(L.LightningModule):
             {f"test/acc_class/{n}": a for n, a, s in zip(self.class_names, per_class, support, strict=True) if s > 0}
         )
 
+    def parameter_groups(self) -> list:
+        """What the optimizer gets: the parameters that require grad (a frozen backbone needs no special path),
+        split into a decayed and a not-decayed group unless ``decay_norm_and_bias``."""
+        if self.decay_norm_and_bias:
+            return [p for p in self.parameters() if p.requires_grad]
+        from timm.optim import param_groups_weight_decay  # timm costs its import only where it is used
+
+        keywords = getattr(self.optimizer_factory, "keywords", {})
+        exempt = getattr(self.network, "no_weight_decay", set)()
+        return param_groups_weight_decay(self.network, keywords.get("weight_decay", 0.0), no_weight_decay_list=exempt)
+
     def _optimizer(self, params) -> torch.optim.Optimizer:
         try:
             return self.optimizer_factory(params=params)
@@ -131,24 +163,30 @@ class ClassificationModule(L.LightningModule):
     def check_optimization(self) -> None:
         """Build the optimizer and scheduler once, so a bad value (``optimizer.lr=-1``) fails before the run
         writes anything; the run builds its own in ``configure_optimizers``."""
-        optimizer = self._optimizer([p for p in self.parameters() if p.requires_grad])
+        optimizer = self._optimizer(self.parameter_groups())
         if self.scheduler_config is not None:
             factory = self.scheduler_config["scheduler"]
             self._scheduler(
                 functools.partial(factory, total_steps=100) if fills_total_steps(factory) else factory, optimizer
             )
 
-    def configure_optimizers(self):
-        optimizer = self._optimizer([p for p in self.parameters() if p.requires_grad])
+    def optimization(self, trainer: Any) -> dict[str, Any]:
+        """The optimizer and Lightning's ``lr_scheduler`` config for a run of ``trainer``'s length (the
+        Trainer itself, or what ``plot_lr`` gives in its place: ``max_epochs``, ``num_training_batches``,
+        ``accumulate_grad_batches``, ``estimated_stepping_batches``)."""
+        optimizer = self._optimizer(self.parameter_groups())
         if self.scheduler_config is None:
-            return optimizer
+            return {"optimizer": optimizer}
         config = dict(self.scheduler_config)
         factory = config.pop("scheduler")
         if fills_total_steps(factory):
-            steps = scheduler_steps(self.trainer, config.get("interval", "epoch"), config.get("frequency", 1))
+            steps = scheduler_steps(trainer, config.get("interval", "epoch"), config.get("frequency", 1))
             factory = functools.partial(factory, total_steps=steps)
             self._schedule = (factory, steps)
         return {"optimizer": optimizer, "lr_scheduler": {**config, "scheduler": self._scheduler(factory, optimizer)}}
+
+    def configure_optimizers(self):
+        return self.optimization(self.trainer)
 
     def on_train_start(self) -> None:
         # A resumed run's scheduler state was restored after configure_optimizers, with the length of the

@@ -5,7 +5,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONFIGS, choices, write_cifar10, write_image_folder, write_mnist
+from conftest import (
+    CONFIGS,
+    choices,
+    write_cifar10,
+    write_image_folder,
+    write_imagenet,
+    write_mnist,
+    write_tiny_imagenet,
+)
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -43,6 +51,10 @@ def test_data(make_config, tmp_path, choice):
         write_cifar10(data_dir)
     elif choice == "image_folder":
         extra = [f"data.root={write_image_folder(data_dir / 'photos')}", "data.image_size=32", "data.num_workers=0"]
+    elif choice == "imagenet":
+        extra = [f"data.root={write_imagenet(data_dir / 'imagenet')}", "data.image_size=32", "data.batch_size=4"]
+    elif choice == "tiny_imagenet":
+        extra = [f"data.root={write_tiny_imagenet(data_dir / 'tiny')}", "data.num_classes=3", "data.num_workers=0"]
     cfg = make_config(f"data={choice}", *extra)
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")
@@ -55,20 +67,43 @@ def test_data(make_config, tmp_path, choice):
         assert len(datamodule.datasets[split]) > 0
 
 
+# What a network choice needs besides its file: `network=timm` names its architecture on the command line.
+NETWORK_EXTRA = {"timm": ["network.model_name=resnet18"]}
+
+
+def tiny_size(choice: str) -> int:
+    """32 px; 64 for Swin, whose last stage would otherwise attend within 1x1 windows (no gradient there)."""
+    return 64 if choice.startswith("swin") else 32
+
+
 @pytest.mark.parametrize("choice", choices("network"))
 def test_network_forward_backward(make_config, choice):
-    """Right output shape, no NaNs, a gradient on every trainable parameter."""
-    cfg = make_config(f"network={choice}")
-    network = instantiate(cfg.network, "network")
-    x = torch.randn(4, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    """At a tiny size (32 or 64 px, 1 channel, 10 classes): right output shape, no NaNs, a gradient on every
+    trainable parameter. The weights are nudged first (zero-initialised layers, such as the last norm of a
+    ResNet block, would cut the gradient to the layers before them) and stochastic depth is off (eval)."""
+    size = tiny_size(choice)
+    cfg = make_config(f"network={choice}", f"data.image_size={size}", *NETWORK_EXTRA.get(choice, []))
+    network = instantiate(cfg.network, "network").eval()
+    with torch.no_grad():
+        for param in network.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    x = torch.randn(2, cfg.data.channels, size, size)
     logits = network(x)
-    assert logits.shape == (4, cfg.data.num_classes)
+    assert logits.shape == (2, cfg.data.num_classes)
     assert torch.isfinite(logits).all()
     logits.logsumexp(dim=1).sum().backward()
     for name, param in network.named_parameters():
         if param.requires_grad:
             assert param.grad is not None and torch.isfinite(param.grad).all(), name
             assert param.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+@pytest.mark.parametrize("choice, millions", [("resnet50", 25.6), ("vit_b16", 86.6), ("swin_b", 87.8)])
+def test_parameter_counts_match_the_papers(make_config, choice, millions):
+    """At 1000 classes, 3 channels and 224 px, as the papers count them."""
+    cfg = make_config(f"network={choice}", "data.num_classes=1000", "data.channels=3", "data.image_size=224")
+    network = instantiate(cfg.network, "network")
+    assert round(sum(p.numel() for p in network.parameters()) / 1e6, 1) == millions
 
 
 @pytest.mark.parametrize("choice", choices("loss"))

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import ROOT, choices, write_cifar10, write_mnist
+from conftest import ROOT, choices, write_cifar10, write_imagenet, write_mnist
 from omegaconf import OmegaConf
 
 import trainer
@@ -25,12 +25,26 @@ from tests.helpers import read_lines
 QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
 
 
-@pytest.mark.parametrize("debug", ["fdr", "limit"])
-@pytest.mark.parametrize("experiment", choices("experiment"))
+# Tiny sizes for the ImageNet recipes, on a miniature ImageNet folder the test writes.
+IMAGENET_TINY = ["data.image_size=32", "data.eval_image_size=32", "data.eval_resize=36"]
+
+
+def experiment_runs():
+    """(experiment, debug overlay); the 3-epoch `limit` runs of the big networks are marked slow."""
+    for experiment in choices("experiment"):
+        for debug in ("fdr", "limit"):
+            slow = debug == "limit" and (experiment.startswith("imagenet") or experiment == "digits-swin")
+            yield pytest.param(experiment, debug, marks=pytest.mark.slow) if slow else (experiment, debug)
+
+
+@pytest.mark.parametrize("experiment, debug", list(experiment_runs()))
 def test_every_experiment_runs_under_the_debug_overlays(make_config, tmp_path, experiment, debug):
     write_mnist(tmp_path / "data")
     write_cifar10(tmp_path / "data")
-    cfg = make_config(f"experiment={experiment}", f"debug={debug}", "data.batch_size=8")
+    extra = []
+    if experiment.startswith("imagenet"):
+        extra = [f"data.root={write_imagenet(tmp_path / 'imagenet')}", *IMAGENET_TINY]
+    cfg = make_config(f"experiment={experiment}", f"debug={debug}", "data.batch_size=8", *extra)
     report = trainer.train(cfg)
     assert 0.0 <= report["metrics"]["test/acc"] <= 1.0
     assert (tmp_path / "run" / "metrics.json").is_file()
