@@ -8,12 +8,13 @@ read until ``setup``, and ``prepare_data`` (rank 0 only) calls the ones that dow
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from image_classification.data.datasets import SPLITS
@@ -58,6 +59,16 @@ def class_names(dataset: Dataset) -> list[str] | None:
     """The dataset's class names, where it says them (torchvision's ``classes`` attribute)."""
     names = getattr(dataset, "classes", None)
     return [str(n) for n in names] if names is not None else None
+
+
+def transform_tree(name: str, transform: Any) -> Iterator[tuple[str, Any]]:
+    """A transform and those it composes (``Compose``, ``RandomChoice``: their ``transforms``), with where
+    each sits; torchvision's v2 containers keep them in plain lists, out of reach of ``nn.Module`` methods."""
+    yield name, transform
+    children = getattr(transform, "transforms", None)
+    if isinstance(children, list | tuple | nn.ModuleList):
+        for i, child in enumerate(children):
+            yield from transform_tree(f"{name}.{i}", child)
 
 
 class DataModule(L.LightningDataModule):
@@ -125,6 +136,10 @@ class DataModule(L.LightningDataModule):
         self.eval_transform = eval_transform
         self.train_batch_transform = train_batch_transform
         self.eval_batch_transform = eval_batch_transform
+        for name in ("eval_transform", "eval_batch_transform"):  # a transform that augments in training does not here
+            for _, transform in transform_tree(name, getattr(self, name)):
+                if isinstance(transform, nn.Module):
+                    transform.eval()
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
@@ -217,13 +232,37 @@ class DataModule(L.LightningDataModule):
                 raise DataError(f"the {name} set's classes {names} differ from the training set's {self.classes}")
 
     def _check_image(self, image) -> None:
+        """A transformed training image is C x H x W, or a stack of them (a jigsaw puzzle's tiles)."""
         shape = tuple(getattr(image, "shape", ()))
-        if len(shape) != 3:
+        if len(shape) < 3:
             raise DataError(f"a transformed training image should be a CxHxW tensor, got {type(image).__name__}")
-        if self.channels is not None and shape[0] != self.channels:
-            raise DataError(f"data.channels is {self.channels} but transformed images have {shape[0]}: {shape}")
-        if self.image_size is not None and shape[1:] != (self.image_size, self.image_size):
-            raise DataError(f"data.image_size is {self.image_size} but transformed images are {shape[1:]}")
+        if self.channels is not None and shape[-3] != self.channels:
+            raise DataError(f"data.channels is {self.channels} but transformed images have {shape[-3]}: {shape}")
+        if self.image_size is not None and shape[-2:] != (self.image_size, self.image_size):
+            raise DataError(f"data.image_size is {self.image_size} but transformed images are {shape[-2:]}")
+
+    def _stateful_transforms(self) -> dict[str, nn.Module]:
+        """The transforms with a state, by where they sit (``train_batch_transform.2``)."""
+        names = ("train_transform", "eval_transform", "train_batch_transform", "eval_batch_transform")
+        found = {where: t for name in names for where, t in transform_tree(name, getattr(self, name))}
+        return {where: t for where, t in found.items() if isinstance(t, nn.Module) and t.state_dict()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of the transforms that keep one (a jigsaw puzzle's permutation set): Lightning saves it in
+        every checkpoint and gives it back to a resumed or tested run, which then uses the very same state."""
+        return {name: transform.state_dict() for name, transform in self._stateful_transforms().items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name, transform in self._stateful_transforms().items():
+            if name not in state_dict:
+                continue
+            current = transform.state_dict()
+            saved = state_dict[name]
+            if any(k not in saved or not torch.equal(v.cpu(), saved[k].cpu()) for k, v in current.items()):
+                log.warning(
+                    f"data.{name}: the checkpoint's state differs from what the config builds; using the checkpoint's"
+                )
+            transform.load_state_dict(saved)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = self.trainer is not None and self.trainer.training
