@@ -31,6 +31,8 @@ class ClassificationModule(L.LightningModule):
             of times the scheduler will step in the run. None for a constant learning rate.
         top_k: also log top-k accuracy, when k is less than the number of classes.
         class_names: names for the per-class test accuracies (defaults to the class indices).
+        per_class_metrics: log each class's test accuracy; off where classes are not categories (the
+            permutations of a jigsaw puzzle).
         decay_norm_and_bias: False keeps weight decay off norm layers, biases and what the network's
             ``no_weight_decay()`` names (ViT's position embedding and class token, Swin's position-bias
             tables), as the published ResNet, DeiT and Swin recipes do.
@@ -47,6 +49,7 @@ class ClassificationModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         top_k: int = 5,
         class_names: Sequence[str] | None = None,
+        per_class_metrics: bool = True,
         decay_norm_and_bias: bool = True,
         channels_last: bool = False,
         compile: bool | Mapping[str, Any] = False,
@@ -64,7 +67,8 @@ class ClassificationModule(L.LightningModule):
             self.val_acc_top_k, self.test_acc_top_k = (
                 MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro") for _ in ("val", "test")
             )
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.per_class_metrics = per_class_metrics
+        self.test_confusion = MulticlassConfusionMatrix(num_classes) if per_class_metrics else None
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume, unlike torchmetrics' default
         self._schedule: tuple[Callable, int] | None = None
@@ -81,7 +85,7 @@ class ClassificationModule(L.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.network, **self.compile_options))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.network if self._compiled is None else self._compiled)(x)
 
@@ -102,7 +106,7 @@ class ClassificationModule(L.LightningModule):
                 top_k = getattr(self, f"{stage}_acc_top_k")
                 top_k(logits, labels)
                 self.log(f"{stage}/acc_top{self.top_k}", top_k, on_step=False, on_epoch=True)
-        if stage == "test":
+        if stage == "test" and self.test_confusion is not None:
             self.test_confusion.update(logits, labels)
         return loss
 
@@ -123,6 +127,8 @@ class ClassificationModule(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
+        if self.test_confusion is None:
+            return
         confusion = self.test_confusion.compute()  # rows: true class, columns: predicted class
         self.test_confusion.reset()
         support = confusion.sum(dim=1)

@@ -1,9 +1,10 @@
-"""The networks: a small CNN of our own, and every timm architecture through one factory."""
+"""The networks: a small CNN and the jigsaw networks of our own, and every timm architecture through one factory."""
 
+from image_classification.networks.jigsaw import JigsawCNN, JigsawNetwork
 from image_classification.networks.small_cnn import SmallCNN
 from image_classification.networks.timm_models import timm_network
 
 # What a network can be: every name here may be built from a checkpoint's config by `load_network`, so
 # nothing that instantiates configs or runs commands belongs in this list (load_network clears the
 # `checkpoint` and `pretrained` arguments a network starts from: the checkpoint's own weights replace them).
-__all__ = ["SmallCNN", "timm_network"]
+__all__ = ["JigsawCNN", "JigsawNetwork", "SmallCNN", "timm_network"]
