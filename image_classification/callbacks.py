@@ -1,9 +1,20 @@
 """Lightning callbacks the configs add."""
 
+import logging
+from pathlib import Path
+
 import lightning as L
-from lightning.pytorch.callbacks import EMAWeightAveraging
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
+
+from image_classification.checkpoint import save_feature_extractor
+from image_classification.data.datamodule import transform_tree
+from image_classification.data.jigsaw import Jigsaw, reassemble
+
+log = logging.getLogger(__name__)
 
 
 class DisableDropout(L.Callback):
@@ -31,3 +42,73 @@ class EMA(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def tested_checkpoint(trainer: L.Trainer) -> str | None:
+    """The checkpoint a run tests: the best one of a monitoring ModelCheckpoint, else the last one written."""
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path]
+    monitored = [c for c in callbacks if c.monitor is not None]
+    return (monitored or callbacks)[0].best_model_path if callbacks else None
+
+
+class FeatureExtractor(L.Callback):
+    """At the end of fitting, writes the trunk of the checkpoint the run tests (``network.<attribute>``) to
+    ``path`` as a checkpoint of its own (:func:`save_feature_extractor`): ``load_network(path)`` rebuilds it,
+    and ``network.checkpoint=<path>`` starts a backbone of another experiment from it."""
+
+    def __init__(self, path: str | Path, attribute: str = "trunk"):
+        self.path = Path(path)
+        self.attribute = attribute
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        source = tested_checkpoint(trainer)
+        if source is None:
+            log.warning(f"No checkpoint was saved, so no feature extractor was written to {self.path}")
+            return
+        save_feature_extractor(source, self.path, self.attribute)
+        log.info(f"Feature extractor: {self.path.absolute()} (the {self.attribute} of {Path(source).name})")
+
+
+def _displayable(tiles: torch.Tensor) -> torch.Tensor:
+    """Tiles (T x C x t x t, normalized each on its own) stretched to [0, 1] each, as 3-channel images."""
+    low = tiles.amin(dim=(1, 2, 3), keepdim=True)
+    high = tiles.amax(dim=(1, 2, 3), keepdim=True)
+    tiles = (tiles - low) / (high - low).clamp_min(1e-6)
+    return tiles.expand(-1, 3, -1, -1) if tiles.shape[1] == 1 else tiles[:, :3]
+
+
+class PuzzleImages(L.Callback):
+    """Shows ``count`` validation puzzles in TensorBoard after every validation (``val/puzzles``): per row, the
+    tiles as the network is fed them, then put back in the order it predicted, framed green when that is the
+    right permutation and red when not."""
+
+    def __init__(self, count: int = 4, gap: int = 2):
+        self.count = count
+        self.gap = gap
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if batch_idx != 0 or trainer.sanity_checking:
+            return
+        logger = next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
+        transforms = transform_tree("eval", getattr(trainer.datamodule, "eval_batch_transform", None))
+        permutations = next((t.permutations for _, t in transforms if isinstance(t, Jigsaw)), None)
+        if logger is None or permutations is None:
+            return
+        puzzles, index = batch[0][: self.count], batch[1][: self.count]
+        with torch.no_grad():
+            predicted = pl_module(puzzles).argmax(dim=-1)
+        identity = torch.arange(puzzles.shape[1])
+        rows = []
+        for tiles, truth, guess in zip(puzzles.float().cpu(), index.cpu(), predicted.cpu(), strict=True):
+            tiles = _displayable(tiles)
+            fed = reassemble(tiles, identity, self.gap)
+            solved = reassemble(tiles, permutations[guess].cpu(), self.gap)
+            frame = torch.tensor([0.1, 0.8, 0.1] if guess == truth else [0.9, 0.1, 0.1])[:, None, None]
+            framed = frame.expand(3, solved.shape[1] + 2 * self.gap, solved.shape[2] + 2 * self.gap).clone()
+            framed[:, self.gap : -self.gap, self.gap : -self.gap] = solved
+            fed = nn.functional.pad(fed, [self.gap] * 4, value=1.0)
+            rows.append(torch.cat([fed, torch.ones(3, fed.shape[1], 4 * self.gap), framed], dim=2))
+        image = torch.cat([nn.functional.pad(r, [0, 0, 0, 2 * self.gap], value=1.0) for r in rows], dim=1)
+        logger.experiment.add_image("val/puzzles", image, global_step=trainer.global_step)

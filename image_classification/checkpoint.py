@@ -214,3 +214,34 @@ def load_network(
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     network.load_state_dict(state, strict=True)
     return network.to(map_location).eval()
+
+
+def save_feature_extractor(checkpoint_path: str | Path, path: str | Path, attribute: str = "trunk") -> Path:
+    """Write the part ``network.<attribute>`` of a checkpoint's network (a jigsaw network's trunk) as a
+    checkpoint of its own: its weights and the config that builds it, loadable with ``weights_only=True``.
+    ``load_network(path)`` rebuilds it, and ``network.checkpoint=<path>`` starts a network from it."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    metadata = checkpoint[METADATA_KEY]
+    network_config = metadata["config"]["network"]
+    if not isinstance(network_config.get(attribute), dict):
+        raise UserError(f"the network of {checkpoint_path} has no {attribute!r} config to save as a feature extractor")
+    prefix = f"network.{attribute}."
+    state = {f"network.{k[len(prefix) :]}": v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise UserError(f"{checkpoint_path} holds no weights under {prefix!r}")
+    extractor = {
+        "state_dict": state,
+        METADATA_KEY: {
+            **{k: v for k, v in metadata.items() if k not in ("config", "overrides")},
+            "config": {"network": network_config[attribute], "data": metadata["config"].get("data")},
+            "overrides": None,  # not a run to continue
+            "feature_extractor_of": str(Path(checkpoint_path).absolute()),
+            "class_names": None,
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(extractor, partial)
+    partial.replace(path)  # atomic: a reader finds the old file or the whole new one
+    return path

@@ -55,20 +55,25 @@ def test_data(make_config, tmp_path, choice):
         extra = [f"data.root={write_imagenet(data_dir / 'imagenet')}", "data.image_size=32", "data.batch_size=4"]
     elif choice == "tiny_imagenet":
         extra = [f"data.root={write_tiny_imagenet(data_dir / 'tiny')}", "data.num_classes=3", "data.num_workers=0"]
+    elif choice == "jigsaw_folder":
+        root = write_image_folder(data_dir / "photos")
+        extra = [f"data.root={root}", "data.resize=48", "data.crop_size=48", "data.image_size=12", "data.num_workers=0"]
     cfg = make_config(f"data={choice}", *extra)
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")
     datamodule.trainer = SimpleNamespace(training=True)  # as Lightning applies the batch transforms
     images, labels = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     assert images.dtype == torch.float32
-    assert images.shape[1:] == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    # an image, or a jigsaw puzzle's stack of tiles
+    assert images.shape[-3:] == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     assert int(labels.max()) < cfg.data.num_classes
     for split in ("val", "test"):
         assert len(datamodule.datasets[split]) > 0
 
 
-# What a network choice needs besides its file: `network=timm` names its architecture on the command line.
-NETWORK_EXTRA = {"timm": ["network.model_name=resnet18"]}
+# What a network choice needs besides its file: `network=timm` names its architecture on the command line;
+# the jigsaw networks take puzzles (data=jigsaw says how many tiles).
+NETWORK_EXTRA = {"timm": ["network.model_name=resnet18"], "jigsaw": ["data=jigsaw"], "jigsaw_small": ["data=jigsaw"]}
 
 
 def tiny_size(choice: str) -> int:
@@ -88,6 +93,8 @@ def test_network_forward_backward(make_config, choice):
         for param in network.parameters():
             param.add_(0.01 * torch.randn_like(param))
     x = torch.randn(2, cfg.data.channels, size, size)
+    if "n_tiles" in cfg.data and "trunk" in cfg.network:  # puzzles: 2 x tiles x C x H x W
+        x = torch.randn(2, cfg.data.n_tiles**2, cfg.data.channels, size, size)
     logits = network(x)
     assert logits.shape == (2, cfg.data.num_classes)
     assert torch.isfinite(logits).all()

@@ -35,7 +35,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 
 def test_the_marked_blocks_exist():
-    assert {"my-network", "my-network-run", "load-network"} <= readme_blocks().keys()
+    assert {"my-network", "my-network-run", "load-network", "jigsaw-then-classify"} <= readme_blocks().keys()
 
 
 @pytest.mark.slow
@@ -56,3 +56,15 @@ def test_load_network_as_the_readme_shows_it(tmp_path):
     printed = run([sys.executable, "-c", readme_blocks()["load-network"]], tmp_path, env).stdout
     predicted, true = re.search(r"predicted: (\[.*\]) true: (\[.*\])", printed).groups()
     assert sum(p == t for p, t in zip(ast.literal_eval(predicted), map(str, ast.literal_eval(true)), strict=True)) >= 6
+
+
+@pytest.mark.slow
+def test_jigsaw_pretraining_then_a_classifier_from_its_trunk_as_the_readme_shows_it(tmp_path):
+    env = workspace(tmp_path)
+    printed = run(["bash", "-euo", "pipefail", "-c", readme_blocks()["jigsaw-then-classify"]], tmp_path, env).stdout
+    extractor = tmp_path / "logs" / "jigsaw" / "demo" / "checkpoints" / "feature_extractor.pt"
+    assert extractor.is_file()
+    config = next(tmp_path.glob("logs/train/runs/*/config.yaml")).read_text()
+    assert f"checkpoint: {extractor.relative_to(tmp_path)}" in config
+    accuracies = [float(a) for a in re.findall(r"Test accuracy: +([\d.]+)%", printed)]
+    assert len(accuracies) == 2 and accuracies[0] > 50 and accuracies[1] > 95, accuracies

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import ROOT, choices, write_cifar10, write_imagenet, write_mnist
+from conftest import ROOT, choices, write_cifar10, write_image_folder, write_imagenet, write_mnist
 from omegaconf import OmegaConf
 
 import trainer
@@ -27,6 +27,8 @@ QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "traine
 
 # Tiny sizes for the ImageNet recipes, on a miniature ImageNet folder the test writes.
 IMAGENET_TINY = ["data.image_size=32", "data.eval_image_size=32", "data.eval_resize=36"]
+# And for jigsaw pretraining at the paper's sizes: 3x3 puzzles of 8 px tiles, 100 permutations.
+JIGSAW_FOLDER_TINY = ["data.resize=32", "data.crop_size=30", "data.image_size=8", "data.permutations=100"]
 
 
 def experiment_runs():
@@ -44,6 +46,8 @@ def test_every_experiment_runs_under_the_debug_overlays(make_config, tmp_path, e
     extra = []
     if experiment.startswith("imagenet"):
         extra = [f"data.root={write_imagenet(tmp_path / 'imagenet')}", *IMAGENET_TINY]
+    elif experiment == "jigsaw-places365":
+        extra = [f"data.root={write_image_folder(tmp_path / 'photos')}", *JIGSAW_FOLDER_TINY]
     cfg = make_config(f"experiment={experiment}", f"debug={debug}", "data.batch_size=8", *extra)
     report = trainer.train(cfg)
     assert 0.0 <= report["metrics"]["test/acc"] <= 1.0
