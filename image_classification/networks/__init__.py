@@ -1,10 +1,12 @@
-"""The networks: a small CNN and the jigsaw networks of our own, and every timm architecture through one factory."""
+"""The networks: a small CNN, the jigsaw networks and the linear probe of our own, and every timm architecture
+through one factory."""
 
 from image_classification.networks.jigsaw import JigsawCNN, JigsawNetwork
+from image_classification.networks.linear_probe import Backbone, LinearProbe
 from image_classification.networks.small_cnn import SmallCNN
 from image_classification.networks.timm_models import timm_network
 
 # What a network can be: every name here may be built from a checkpoint's config by `load_network`, so
 # nothing that instantiates configs or runs commands belongs in this list (load_network clears the
 # `checkpoint` and `pretrained` arguments a network starts from: the checkpoint's own weights replace them).
-__all__ = ["JigsawCNN", "JigsawNetwork", "SmallCNN", "timm_network"]
+__all__ = ["Backbone", "JigsawCNN", "JigsawNetwork", "LinearProbe", "SmallCNN", "timm_network"]

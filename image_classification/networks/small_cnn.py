@@ -33,7 +33,12 @@ class SmallCNN(nn.Module):
                 ]
                 channels = width
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.num_features = channels
+        self.num_classes = num_classes
+        # num_classes=0: no head, the pooled features out (a backbone, as timm networks do)
+        self.head = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes)) if num_classes else nn.Identity()
+        )
 
     def forward(self, x):
         return self.head(self.features(x))

@@ -1,0 +1,72 @@
+"""Linear evaluation: a frozen backbone and a linear classifier on its features."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from image_classification.networks.weights import load_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor: ``network`` (built as a feature extractor, ``num_classes=0``, so that it
+    says ``num_features``) started from ``checkpoint``, never trained and always in eval mode, so neither its
+    weights nor its batch-norm statistics change.
+
+    Args:
+        network: any network config built with ``num_classes=0``: the jigsaw CNN, a timm ResNet, ViT or Swin.
+        checkpoint: the weights: a jigsaw run's ``feature_extractor.pt``, a checkpoint of a supervised run
+            (its classifier is left out with a warning), or a timm/torchvision state dict. None: as
+            initialized (a random backbone, the baseline).
+        dtype: the forward pass's precision: ``float32``, or ``bfloat16`` / ``float16`` under autocast.
+    """
+
+    def __init__(self, network: nn.Module, checkpoint: str | Path | None = None, dtype: str = "float32"):
+        super().__init__()
+        features = getattr(network, "num_features", None)
+        if not isinstance(features, int) or getattr(network, "num_classes", 0) != 0:
+            raise ValueError(
+                f"the backbone {type(network).__name__} must return features: build it with num_classes=0 "
+                "(timm networks, SmallCNN and JigsawCNN then give num_features)"
+            )
+        if dtype not in DTYPES:
+            raise ValueError(f"backbone dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.network = load_weights(network, checkpoint) if checkpoint else network
+        self.network.requires_grad_(False)
+        self.network.eval()
+        self.num_features = features
+        self.dtype = DTYPES[dtype]
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        self.network.eval()  # batch-norm statistics and dropout stay as the backbone was trained
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(images.device.type, self.dtype, enabled=self.dtype != torch.float32):
+            return self.network(images).float()
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier on a frozen :class:`Backbone`'s features.
+
+    It takes images (the backbone runs in every step, with the data's augmentation) or features the backbone
+    already computed (B x ``num_features``: cached features); either way only the head trains.
+
+    Args:
+        normalize: batch norm without affine parameters before the classifier (MAE's linear probe), so one
+            learning rate suits backbones whose features have different scales.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, normalize: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = backbone.num_features
+        norm = nn.BatchNorm1d(backbone.num_features, affine=False) if normalize else nn.Identity()
+        self.head = nn.Sequential(norm, nn.Linear(backbone.num_features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = x if x.ndim == 2 else self.backbone(x)
+        return self.head(features)
