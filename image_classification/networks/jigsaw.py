@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from image_classification.networks.features import feature_count
 from image_classification.networks.weights import load_weights
 
 
@@ -96,12 +97,7 @@ class JigsawNetwork(nn.Module):
         dropout: float = 0.5,
     ):
         super().__init__()
-        features = getattr(trunk, "num_features", None)
-        if not isinstance(features, int) or getattr(trunk, "num_classes", 0) != 0:
-            raise ValueError(
-                f"the jigsaw trunk {type(trunk).__name__} must return features: build it with num_classes=0 "
-                "(timm networks and JigsawCNN then give num_features)"
-            )
+        features = feature_count(trunk, "the jigsaw trunk")
         self.trunk = trunk
         self.tiles = n_tiles * n_tiles
         widths = list(fc)

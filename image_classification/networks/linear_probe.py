@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from image_classification.networks.features import feature_count
 from image_classification.networks.weights import load_weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,12 +26,7 @@ class Backbone(nn.Module):
 
     def __init__(self, network: nn.Module, checkpoint: str | Path | None = None, dtype: str = "float32"):
         super().__init__()
-        features = getattr(network, "num_features", None)
-        if not isinstance(features, int) or getattr(network, "num_classes", 0) != 0:
-            raise ValueError(
-                f"the backbone {type(network).__name__} must return features: build it with num_classes=0 "
-                "(timm networks, SmallCNN and JigsawCNN then give num_features)"
-            )
+        features = feature_count(network, "the backbone")
         if dtype not in DTYPES:
             raise ValueError(f"backbone dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.network = load_weights(network, checkpoint) if checkpoint else network
