@@ -284,7 +284,9 @@ def test_tensorboard_shows_puzzles_as_fed_and_as_solved(pretrained):
     _, run = pretrained
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*"))), {"images": 0})
+    # the folder: fitting and testing each write an event file there
+    folder = next((run / "tensorboard").rglob("events.out.tfevents.*")).parent
+    events = EventAccumulator(str(folder), {"images": 0})
     events.Reload()
     images = events.Images("val/puzzles")
     assert len(images) == 10  # one per validation
