@@ -19,6 +19,7 @@ from torch import nn
 
 from image_classification import networks
 from image_classification.errors import UserError
+from image_classification.files import atomic_path
 
 METADATA_KEY = "image_classification"
 FORMAT_VERSION = 1
@@ -239,9 +240,6 @@ def save_feature_extractor(checkpoint_path: str | Path, path: str | Path, attrib
             "class_names": None,
         },
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(extractor, partial)
-    partial.replace(path)  # atomic: a reader finds the old file or the whole new one
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(extractor, tmp)
+    return Path(path)

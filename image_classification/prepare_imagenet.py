@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from image_classification.files import atomic_path
+
 log = logging.getLogger("prepare_imagenet")
 
 TRAIN_TAR, VAL_TAR, DEVKIT_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
@@ -58,11 +60,8 @@ def write_stream(stream: BinaryIO, target: Path, size: int, report: Report, spli
     if target.is_file() and target.stat().st_size == size:
         report.present[split] += 1
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tmp.open("wb") as out:
+    with atomic_path(target) as tmp, tmp.open("wb") as out:
         shutil.copyfileobj(stream, out)
-    os.replace(tmp, target)
     report.written[split] += 1
 
 
@@ -71,14 +70,11 @@ def place_file(source: Path, target: Path, report: Report, split: str) -> None:
     if target.is_file() and target.stat().st_size == source.stat().st_size:
         report.present[split] += 1
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
     report.written[split] += 1
 
 

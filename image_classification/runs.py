@@ -3,7 +3,6 @@
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from image_classification.checkpoint import METADATA_KEY, read_checkpoint
 from image_classification.errors import UserError
+from image_classification.files import atomic_path
 
 log = logging.getLogger(__name__)
 LAST = "last"
@@ -81,9 +81,8 @@ def resume_overrides(ckpt_path: str | None, run_dir: Path, overrides: Sequence[s
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``path`` through a temporary file beside it, so a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_run_records(run_dir: Path, config: dict[str, Any], overrides: Sequence[str] | None) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from image_classification.errors import DataError
+from image_classification.files import atomic_path
 
 log = logging.getLogger(__name__)
 METHODS = ("max", "max_avg")
@@ -104,9 +105,6 @@ def permutation_set(
         log.info(f"Choosing {size} permutations of {n} tiles ({method}, seed {seed}); cached for later runs")
     permutations = select_permutations(n, size, method, seed)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        with partial.open("wb") as f:
+        with atomic_path(path) as tmp, tmp.open("wb") as f:  # a concurrent run reads a whole file or none
             np.save(f, permutations)
-        partial.replace(path)  # atomic: a concurrent run reads a whole file or none
     return torch.from_numpy(permutations)
