@@ -30,6 +30,7 @@ from image_classification.config import (
     user_message,
 )
 from image_classification.errors import UserError
+from image_classification.evaluation import fit_closed_form
 
 log = logging.getLogger("trainer")
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -54,7 +55,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes)
-    module.check_optimization()
+    if cfg.fit is None:
+        module.check_optimization()
     runs.check_resumable(ckpt_path, cfg.trainer.max_epochs)
     check_trainer(cfg.trainer)
     callbacks = instantiate_each(cfg.callbacks, "callback")
@@ -64,11 +66,15 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
 
     runs.write_run_records(run_dir, resolved, overrides)
-    with warnings.catch_warnings():
-        if ckpt_path:  # continuing a run in its own directory: of course its checkpoints are there
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    best, last = runs.checkpoint_paths(callbacks)  # before test restores the callbacks' state from `best`
+    if cfg.fit is not None:  # a probe fitted in closed form on cached features (logistic regression, kNN)
+        fit = instantiate(cfg.fit, "fit")
+        best, (last, _) = None, fit_closed_form(fit, trainer, module, datamodule, run_dir / "checkpoints/last.ckpt")
+    else:
+        with warnings.catch_warnings():
+            if ckpt_path:  # continuing a run in its own directory: of course its checkpoints are there
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        best, last = runs.checkpoint_paths(callbacks)  # before test restores the callbacks' state from `best`
     tested = best or last
     val_metrics, tested_epoch = runs.checkpoint_val_metrics(tested)
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested)[0]

@@ -1,5 +1,6 @@
 """Lightning callbacks the configs add."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,9 +11,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from image_classification.checkpoint import save_feature_extractor
+from image_classification.checkpoint import RunMetadata, save_feature_extractor
 from image_classification.data.datamodule import transform_tree
 from image_classification.data.jigsaw import Jigsaw, reassemble
+from image_classification.evaluation.report import build_report
+from image_classification.files import atomic_path
+from image_classification.runs import checkpoint_val_metrics
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +116,61 @@ class PuzzleImages(L.Callback):
             rows.append(torch.cat([fed, torch.ones(3, fed.shape[1], 4 * self.gap), framed], dim=2))
         image = torch.cat([nn.functional.pad(r, [0, 0, 0, 2 * self.gap], value=1.0) for r in rows], dim=1)
         logger.experiment.add_image("val/puzzles", image, global_step=trainer.global_step)
+
+
+class EvaluationReport(L.Callback):
+    """Writes the test's report to ``path`` (:func:`~image_classification.evaluation.report.build_report`): the
+    top-1 score with a bootstrap 95% interval, the val and test scores, per-class accuracy, each test image's
+    prediction, the command, commit, time, host, device and what was evaluated."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.logits, self.labels = [], []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if isinstance(outputs, dict) and "logits" in outputs:
+            targets = batch[1]
+            self.logits.append(outputs["logits"].float().cpu())
+            self.labels.append((targets.argmax(-1) if targets.ndim > 1 else targets).cpu())
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.logits:
+            return
+        if trainer.world_size > 1:  # each process saw its own (padded) share of the test set
+            log.warning(
+                f"{self.path.name} is written by single-process tests only: this one ran on {trainer.world_size}"
+            )
+            return
+        metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), {})
+        tested = trainer.ckpt_path
+        val_metrics = checkpoint_val_metrics(tested)[0] if tested else {}
+        test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        splits = {
+            split: {k.split("/", 1)[1]: v for k, v in metrics.items() if "/acc_class/" not in k}
+            for split, metrics in (("val", val_metrics), ("test", test_metrics))
+        }
+        labels = torch.cat(self.labels)
+        datamodule = trainer.datamodule
+        ids = datamodule.example_ids("test") if hasattr(datamodule, "example_ids") else list(range(len(labels)))
+        report = build_report(
+            logits=torch.cat(self.logits),
+            labels=labels,
+            class_names=pl_module.class_names,
+            example_ids=ids if len(ids) == len(labels) else list(range(len(labels))),
+            config=metadata.get("config", {}),
+            network=pl_module.network,
+            split_metrics=splits,
+            metadata=metadata,
+            tested_checkpoint=tested,
+        )
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
+        score = report["score"]
+        low, high = score["ci95"]
+        log.info(
+            f"Report:          {self.path} (top-1 {100 * score['top1']:.2f}%, 95% CI {100 * low:.2f}-{100 * high:.2f})"
+        )

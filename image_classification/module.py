@@ -89,7 +89,7 @@ class ClassificationModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.network if self._compiled is None else self._compiled)(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets = batch
         logits = self(images)
         loss = self.loss(logits, targets)
@@ -108,17 +108,18 @@ class ClassificationModule(L.LightningModule):
                 self.log(f"{stage}/acc_top{self.top_k}", top_k, on_step=False, on_epoch=True)
         if stage == "test" and self.test_confusion is not None:
             self.test_confusion.update(logits, labels)
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The logits, for callbacks that report per-image predictions (``on_test_batch_end``'s outputs)."""
+        return {"logits": self._step(batch, "test")[1].detach()}
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -42,6 +42,7 @@ def compose_config(tmp_path: Path, *overrides: str) -> DictConfig:
                 f"paths.output_dir={tmp_path / 'run'}",
                 f"paths.data_dir={tmp_path / 'data'}",
                 f"paths.log_dir={tmp_path / 'logs'}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
                 *overrides,
             ],
         )

@@ -32,6 +32,7 @@ GROUPS = [
     "paths",
     "experiment",
     "hp_search",
+    "strategy",
     "debug",
 ]
 

@@ -1,13 +1,26 @@
 """Linear evaluation: a frozen backbone that stays frozen, and a linear head that learns what its features hold."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from conftest import choices
 from torch import nn
+from torchvision.transforms import v2
 
 import trainer
-from image_classification import load_network
+from image_classification import compare, load_network
 from image_classification.config import instantiate
-from image_classification.networks import Backbone, JigsawCNN, LinearProbe
+from image_classification.evaluation import (
+    FeatureCache,
+    LogisticRegression,
+    NearestNeighbours,
+    clear_memory,
+    logistic_regression,
+)
+from image_classification.evaluation.report import bootstrap_interval
+from image_classification.networks import Backbone, JigsawCNN, KNNProbe, LinearProbe
 
 
 def small_backbone_file(path) -> JigsawCNN:
@@ -57,6 +70,10 @@ class OneHotLabels(nn.Module):
 
     num_features, num_classes = 10, 0
 
+    def __init__(self, num_features: int = 10):
+        super().__init__()
+        self.num_features = num_features
+
     def forward(self, images):
         return nn.functional.one_hot(images[:, 0, 0, 0].long(), 10).float()
 
@@ -90,3 +107,207 @@ def test_any_network_config_is_a_backbone(make_config, network):
     assert probe.head[-1].in_features == probe.backbone.num_features
     report = trainer.train(cfg)
     assert 0.0 <= report["metrics"]["test/acc"] <= 1.0
+
+
+SMALL_BACKBONE = (
+    "network.backbone.network.channels=[8,16]",
+    "network.backbone.network.kernel_sizes=[3,3]",
+    "network.backbone.network.strides=[1,1]",
+    "network.backbone.network.pool_after=[0]",
+)
+REPORT_FIELDS = {
+    "benchmark", "dataset", "strategy", "score", "splits", "per_class", "backbone", "command", "overrides",
+    "git_commit", "time", "hostname", "device", "versions", "tested_checkpoint", "examples",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", choices("strategy"))
+def test_each_strategy_writes_a_full_report(make_config, tmp_path, strategy):
+    clear_memory()
+    overrides = ["experiment=linear-eval", f"strategy={strategy}", "trainer.max_epochs=2", *SMALL_BACKBONE]
+    metrics = trainer.train(make_config(*overrides), overrides)["metrics"]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report) >= REPORT_FIELDS, REPORT_FIELDS - set(report)
+    assert report["strategy"] == strategy and report["benchmark"] == "linear-eval"
+    score = report["score"]
+    assert score["top1"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert score["ci95"][0] <= score["top1"] <= score["ci95"][1] and score["ci95"][0] < score["ci95"][1]
+    assert score["n"] == len(report["examples"]) == sum(c["n"] for c in report["per_class"].values()) == 359
+    assert report["splits"]["test"]["acc"] == pytest.approx(metrics["test/acc"])
+    assert report["splits"]["val"]["acc"] == pytest.approx(metrics["val/acc"])
+    correct = [e["label"] == e["predicted"] for e in report["examples"]]
+    assert sum(correct) / len(correct) == pytest.approx(score["top1"])
+    assert len({e["id"] for e in report["examples"]}) == 359  # the test images, each once
+    assert all(0 < e["score"] <= 1 for e in report["examples"])
+    assert (
+        report["backbone"]["name"] == "JigsawCNN (as initialized)" and len(report["backbone"]["weights_sha256"]) == 64
+    )
+    assert report["hostname"] and report["device"] and report["time"] and report["command"]
+    assert report["overrides"] == overrides
+
+
+def test_the_cached_features_are_the_backbones_features_of_the_evaluation_images(make_config):
+    clear_memory()
+    cfg = make_config("experiment=linear-eval", *SMALL_BACKBONE)
+    datamodule = instantiate(cfg.data, "data")
+    datamodule.setup("fit")
+    features, labels = datamodule.cached_features("test")
+    images = datamodule.images["test"]
+    batch = torch.stack([images[i][0] for i in range(8)]), torch.tensor([images[i][1] for i in range(8)])
+    expected = datamodule.features.backbone(datamodule.eval_batch_transform(*batch)[0])
+    torch.testing.assert_close(features[:8], expected)
+    assert labels[:8].tolist() == batch[1].tolist()
+
+
+class ImageDigits(torch.utils.data.Dataset):
+    def __init__(self, n=40):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 1, 8, 8, generator=generator)
+        self.targets = [i % 4 for i in range(n)]
+        self.transform = None
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.targets[i]
+
+
+def test_the_feature_cache_is_reused_when_nothing_changed_and_rebuilt_when_weights_or_transform_change(tmp_path):
+    def cache(network, transform=None):
+        clear_memory()  # what a new process sees: the disk cache only
+        features = FeatureCache(Backbone(network), cache_dir=tmp_path, batch_size=16)
+        features("train", ImageDigits(), transform)
+        return features.computed
+
+    network = JigsawCNN(0, in_chans=1, channels=[4], kernel_sizes=[3], strides=[1], pool_after=[])
+    assert cache(network) == ["train"]
+    assert cache(network) == [] and len(list(tmp_path.glob("*.pt"))) == 1  # read back
+    with torch.no_grad():
+        next(network.parameters()).add_(0.01)
+    assert cache(network) == ["train"]  # other weights
+    network.features[1].running_mean.add_(0.01)  # other batch-norm statistics
+    assert cache(network) == ["train"]
+    double = v2.Normalize(mean=[0.0], std=[0.5])
+    assert cache(network, double) == ["train"]  # another transform
+    assert cache(network, double) == []
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+    clear_memory()
+    memory = FeatureCache(Backbone(network), cache_dir=None)
+    first = memory("train", ImageDigits())
+    assert memory("train", ImageDigits()) is first and memory.computed == ["train"]  # kept in memory
+
+
+def test_a_changed_backbone_checkpoint_changes_the_features_a_run_uses(make_config, tmp_path):
+    clear_memory()
+    small_backbone_file(tmp_path / "a.pt")
+    runs = []
+    for name in ("a", "a", "b"):
+        if name == "b":
+            small_backbone_file(tmp_path / "b.pt")
+        cfg = make_config(
+            "experiment=linear-eval", f"network.backbone.checkpoint={tmp_path / name}.pt", *SMALL_BACKBONE
+        )
+        datamodule = instantiate(cfg.data, "data")
+        datamodule.setup("fit")
+        runs.append((datamodule.features.computed, datamodule.cached_features("train")[0]))
+    assert runs[0][0] == ["train", "val", "test"] and runs[1][0] == []  # the second run reuses the first's
+    assert runs[2][0] == ["train", "val", "test"] and not torch.equal(runs[2][1], runs[0][1])
+
+
+def one_hot_split(n, generator):
+    labels = torch.randint(10, (n,), generator=generator)
+    return nn.functional.one_hot(labels, 10).float(), labels
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_logistic_regression_on_features_that_are_the_labels_scores_100_percent(normalize):
+    generator = torch.Generator().manual_seed(0)
+    train, val, test = (one_hot_split(n, generator) for n in (200, 50, 50))
+    probe = LinearProbe(Backbone(OneHotLabels()), 10, normalize=normalize)
+    chosen = LogisticRegression(device="cpu")(probe, train, val)
+    probe.eval()
+    assert (probe(test[0]).argmax(1) == test[1]).all()
+    assert len(chosen["search"]) >= 7 and chosen["l2"] in {row["l2"] for row in chosen["search"]}
+
+
+def test_knn_on_features_that_are_the_labels_scores_100_percent(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    train, test = one_hot_split(200, generator), one_hot_split(50, generator)
+    probe = KNNProbe(Backbone(OneHotLabels()), 10, k=20)
+    NearestNeighbours()(probe, train, test)
+    assert (probe(test[0]).argmax(1) == test[1]).all()
+    log_probabilities = probe(test[0])
+    torch.testing.assert_close(log_probabilities.exp().sum(1), torch.ones(50))
+    # a probe built afresh takes a checkpoint's bank, whatever its size
+    rebuilt = KNNProbe(Backbone(OneHotLabels()), 10, k=20)
+    rebuilt.load_state_dict(probe.state_dict())
+    torch.testing.assert_close(rebuilt(test[0]), log_probabilities)
+
+
+def test_knn_votes_by_similarity_weighted_neighbours():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    probe = KNNProbe(Backbone(OneHotLabels()), 2, k=2, temperature=0.1).fit(bank, torch.tensor([0, 1, 1]))
+    similarity = (
+        nn.functional.normalize(bank, dim=1)[:2] @ nn.functional.normalize(torch.tensor([[1.0, 0.05]]), dim=1).T
+    )
+    weights = (similarity.squeeze(1) / 0.1).exp()
+    expected = (weights / weights.sum()).log()
+    torch.testing.assert_close(probe(torch.tensor([[1.0, 0.05]]))[0], expected)
+
+
+def test_logistic_regression_matches_scikit_learn():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression as ScikitLogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype("float32")
+    l2 = 1e-2
+    weight, bias = logistic_regression(torch.tensor(x), torch.tensor(y), 10, l2)
+    reference = ScikitLogisticRegression(C=1 / (l2 * len(x)), max_iter=5000, tol=1e-8).fit(x, y)
+    ours = torch.softmax(torch.tensor(x) @ weight.T + bias, dim=1).numpy()
+    np.testing.assert_allclose(ours, reference.predict_proba(x), atol=2e-3)
+    assert (ours.argmax(1) == reference.predict(x)).all()
+
+
+def test_the_search_standardizes_the_features_the_same_way_with_or_without_the_probes_batch_norm():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=generator) * 3
+
+    def split(n):
+        labels = torch.randint(4, (n,), generator=generator)
+        return centres[labels] * 5 + 10 + torch.randn(n, 16, generator=generator) * 4, labels
+
+    train, val, test = split(300), split(100), split(100)
+    outputs = []
+    for normalize in (True, False):
+        probe = LinearProbe(Backbone(OneHotLabels(16)), 4, normalize=normalize)
+        LogisticRegression(start_exponents=(-4, -2, 0), steps_per_decade=2, device="cpu")(probe, train, val)
+        outputs.append(probe.eval()(test[0]))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-3, rtol=1e-3)
+
+
+def test_the_bootstrap_interval_holds_the_accuracy_and_narrows_with_more_images():
+    small, large = bootstrap_interval([True, False] * 50), bootstrap_interval([True, False] * 5000)
+    assert small[0] < 0.5 < small[1] and large[0] < 0.5 < large[1]
+    assert large[1] - large[0] < (small[1] - small[0]) / 5
+
+
+def test_compare_prints_one_row_per_report(make_config, tmp_path, capsys):
+    clear_memory()
+    for strategy in ("logistic", "knn"):
+        trainer.train(
+            make_config(
+                "experiment=linear-eval",
+                f"strategy={strategy}",
+                f"paths.output_dir={tmp_path / strategy}",
+                *SMALL_BACKBONE,
+            )
+        )
+    capsys.readouterr()
+    assert compare.main([str(tmp_path), "--sort"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].split()[:3] == ["benchmark", "strategy", "backbone"]
+    rows = [line.split() for line in lines[2:]]
+    assert {r[1] for r in rows} == {"logistic", "knn"} and float(rows[0][5]) >= float(rows[1][5])
+    assert compare.main([str(tmp_path / "missing")]) == 1

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from image_classification.data.datasets import SPLITS
 from image_classification.data.splits import dataset_targets, stratified_hold_out
@@ -88,6 +88,9 @@ class DataModule(L.LightningDataModule):
         train_batch_transform, eval_batch_transform: ``(images, labels) -> (images, labels)`` on whole
             batches once they are on the training device (augmentation on the GPU, mixup); they follow the
             per-image ``train_transform`` / ``eval_transform``.
+        features: a :class:`~image_classification.evaluation.FeatureCache`: serve each split as a frozen
+            backbone's features of its images (computed once with the evaluation transforms, no augmentation)
+            instead of the images: linear evaluation on cached features. None: the images.
         settings: the values a data config composes its transforms from (``crop_scale``, ``interpolation``,
             ``mix``, ``auto_augment``, ...), kept beside what uses them and in ``self.settings``.
     """
@@ -115,6 +118,7 @@ class DataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         drop_last: bool = False,
+        features: Callable | None = None,
         **settings: Any,
     ):
         super().__init__()
@@ -151,8 +155,10 @@ class DataModule(L.LightningDataModule):
             persistent_workers=persistent_workers and num_workers > 0,
         )
         self.drop_last = drop_last
+        self.features = features
         self.settings = settings
         self.datasets: dict[str, Dataset] = {}
+        self.images: dict[str, TransformedSubset] = {}  # each split's images, also when it is served as features
         self.classes: list[str] | None = None
 
     def prepare_data(self) -> None:
@@ -202,7 +208,8 @@ class DataModule(L.LightningDataModule):
         targets = dataset_targets(full_train)
         (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
         held = {"test": test, "val": val}
-        self.datasets["train"] = TransformedSubset(full_train, train, self.train_transform)
+        train_transform = self.eval_transform if self.features is not None else self.train_transform
+        self.datasets["train"] = TransformedSubset(full_train, train, train_transform)
         for name in ("val", "test"):
             if sets[name] is None:
                 self.datasets[name] = TransformedSubset(full_train, held[name], self.eval_transform)
@@ -216,9 +223,27 @@ class DataModule(L.LightningDataModule):
             if len(self.datasets[name]) == 0:
                 raise DataError(f"the {name} set is empty: check the data folder and the split fractions")
         image, label = self.datasets["train"][0]
-        if self.train_batch_transform is not None:
-            image = self.train_batch_transform(image[None], torch.tensor([label]))[0][0]
+        batch_transform = self.train_batch_transform if self.features is None else self.eval_batch_transform
+        if batch_transform is not None:
+            image = batch_transform(image[None], torch.tensor([label]))[0][0]
         self._check_image(image)
+        self.images = dict(self.datasets)
+        if self.features is not None:
+            for name in SPLITS:
+                self.datasets[name] = TensorDataset(*self.features(name, self.images[name], self.eval_batch_transform))
+
+    def cached_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, labels)`` of a split served as features (``data.features``)."""
+        if self.features is None or not isinstance(self.datasets.get(split), TensorDataset):
+            raise DataError("this needs cached features: set data.features (strategy=cached, logistic or knn)")
+        return self.datasets[split].tensors
+
+    def example_ids(self, split: str) -> list[str | int]:
+        """Each image of a split, in loader order: its file where the dataset lists files (``samples``), else
+        its index in the dataset it comes from."""
+        subset = self.images[split]
+        samples = getattr(subset.dataset, "samples", None)
+        return [str(samples[i][0]) if samples is not None else int(i) for i in subset.indices]
 
     def _check_classes(self, train: Dataset, others: dict[str, Dataset | None]) -> None:
         if self.classes is not None and len(self.classes) != self.num_classes:
@@ -265,6 +290,8 @@ class DataModule(L.LightningDataModule):
             transform.load_state_dict(saved)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.features is not None:  # features: the batch transforms ran before the backbone
+            return batch
         training = self.trainer is not None and self.trainer.training
         transform = self.train_batch_transform if training else self.eval_batch_transform
         return batch if transform is None else transform(*batch)
@@ -275,7 +302,8 @@ class DataModule(L.LightningDataModule):
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
             shuffle=shuffle,
             drop_last=self.drop_last and name == "train",
-            **self.loader_kwargs,
+            # features are tensors in memory: worker processes would only add copies
+            **(self.loader_kwargs if self.features is None else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

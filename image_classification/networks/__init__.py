@@ -2,11 +2,11 @@
 through one factory."""
 
 from image_classification.networks.jigsaw import JigsawCNN, JigsawNetwork
-from image_classification.networks.linear_probe import Backbone, LinearProbe
+from image_classification.networks.linear_probe import Backbone, KNNProbe, LinearProbe
 from image_classification.networks.small_cnn import SmallCNN
 from image_classification.networks.timm_models import timm_network
 
 # What a network can be: every name here may be built from a checkpoint's config by `load_network`, so
 # nothing that instantiates configs or runs commands belongs in this list (load_network clears the
 # `checkpoint` and `pretrained` arguments a network starts from: the checkpoint's own weights replace them).
-__all__ = ["Backbone", "JigsawCNN", "JigsawNetwork", "LinearProbe", "SmallCNN", "timm_network"]
+__all__ = ["Backbone", "JigsawCNN", "JigsawNetwork", "KNNProbe", "LinearProbe", "SmallCNN", "timm_network"]

@@ -1,4 +1,4 @@
-"""Linear evaluation: a frozen backbone and a linear classifier on its features."""
+"""Evaluating a frozen backbone: a linear classifier, or k nearest neighbours, on its features."""
 
 from pathlib import Path
 
@@ -66,3 +66,54 @@ class LinearProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = x if x.ndim == 2 else self.backbone(x)
         return self.head(features)
+
+
+class KNNProbe(nn.Module):
+    """Weighted k-nearest-neighbour classification on a frozen :class:`Backbone`'s features (the protocol of
+    InstDisc and DINO): the cosine similarities to the ``k`` nearest training features, each neighbour voting
+    for its class with weight ``exp(similarity / temperature)``. The output is the log of the normalized votes,
+    so the loss and ``nll`` metrics are those of the vote distribution.
+
+    Nothing trains: :meth:`fit` stores the training features and labels (buffers, saved in checkpoints).
+
+    Args:
+        normalize: compare L2-normalized features (cosine similarity); False: raw dot products.
+    """
+
+    def __init__(
+        self, backbone: Backbone, num_classes: int, k: int = 20, temperature: float = 0.07, normalize: bool = True
+    ):
+        super().__init__()
+        if k < 1 or temperature <= 0:
+            raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+        self.backbone = backbone
+        self.num_features = backbone.num_features
+        self.num_classes = num_classes
+        self.k = k
+        self.temperature = temperature
+        self.normalize = normalize
+        self.register_buffer("bank", torch.zeros(0, backbone.num_features))
+        self.register_buffer("bank_labels", torch.zeros(0, dtype=torch.long))
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> "KNNProbe":
+        self.bank = self._normalized(features).to(self.bank.device)
+        self.bank_labels = labels.long().to(self.bank.device)
+        return self
+
+    def _normalized(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(features.float(), dim=1) if self.normalize else features.float()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("bank", "bank_labels"):  # a checkpoint's bank has its own size
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.bank) == 0:
+            raise RuntimeError("KNNProbe has no training features: call fit(features, labels) first")
+        features = self._normalized(x if x.ndim == 2 else self.backbone(x))
+        similarity, index = (features @ self.bank.T).topk(min(self.k, len(self.bank)), dim=1)
+        weights = (similarity / self.temperature).exp()
+        votes = torch.zeros(len(x), self.num_classes, device=x.device).scatter_add_(1, self.bank_labels[index], weights)
+        return (votes / votes.sum(dim=1, keepdim=True)).clamp_min(1e-12).log()

@@ -1,0 +1,19 @@
+"""Evaluating backbones: cached features, closed-form probes (logistic regression, kNN) and reports."""
+
+from image_classification.evaluation.features import FeatureCache, clear_memory, weights_digest
+from image_classification.evaluation.probes import (
+    LogisticRegression,
+    NearestNeighbours,
+    fit_closed_form,
+    logistic_regression,
+)
+
+__all__ = [
+    "FeatureCache",
+    "LogisticRegression",
+    "NearestNeighbours",
+    "clear_memory",
+    "fit_closed_form",
+    "logistic_regression",
+    "weights_digest",
+]

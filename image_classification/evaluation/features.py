@@ -1,0 +1,166 @@
+"""Features of a frozen backbone, computed once per split and kept: in memory for the process (a sweep's trials
+share them) and on disk, keyed by what determines them, for later runs."""
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from image_classification.files import atomic_path
+
+log = logging.getLogger(__name__)
+# Features a process keeps in memory (a sweep's trials reuse them without reading the disk again).
+MEMORY_ENTRIES = 6
+_memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and values): changes when any weight or
+    batch-norm statistic does."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _array_digest(values: Any) -> str | None:
+    if values is None:
+        return None
+    return hashlib.sha256(np.asarray(list(values), dtype=np.int64).tobytes()).hexdigest()
+
+
+def dataset_identity(dataset: Dataset) -> dict[str, Any]:
+    """What says which images a split holds: the dataset's class and root, the subset's indices, the files and
+    labels where the dataset lists them (``samples``, ``targets``). The images' content is not read: replace
+    files in place and clear the cache."""
+    base = getattr(dataset, "dataset", dataset)
+    samples = getattr(base, "samples", None)
+    return {
+        "dataset": f"{type(base).__module__}.{type(base).__qualname__}",
+        "root": str(getattr(base, "root", "")),
+        "size": len(dataset),
+        "indices": _array_digest(getattr(dataset, "indices", None)),
+        "samples": hashlib.sha256(repr(list(samples)).encode()).hexdigest() if samples is not None else None,
+        "targets": _array_digest(getattr(base, "targets", None)),
+        "transform": repr(getattr(dataset, "transform", None)),
+    }
+
+
+class FeatureCache:
+    """Computes a frozen backbone's features of each split once, with the evaluation transforms (per image and
+    per batch, no augmentation), and keeps them.
+
+    The key of a split's features is a digest of the backbone's architecture, weights and precision, the
+    transforms and the split's images (see :func:`dataset_identity`): a later run, or a sweep's next trial,
+    with the same key reads them back instead of running the backbone; a change to any of them computes new ones.
+
+    Args:
+        backbone: a :class:`~image_classification.networks.Backbone` (frozen, eval mode).
+        cache_dir: where the features are saved (``<key>.pt``); None keeps them in memory only.
+        batch_size: images per forward pass.
+        device: ``auto`` (the GPU when there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
+        num_workers: loader worker processes reading the images.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        cache_dir: str | Path | None = None,
+        batch_size: int = 256,
+        device: str = "auto",
+        num_workers: int = 0,
+    ):
+        self.backbone = backbone
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.batch_size = batch_size
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.num_workers = num_workers
+        self._weights: str | None = None
+        self.computed: list[str] = []  # the splits this instance had to compute (not read back): for reports
+
+    def describe(self) -> dict[str, Any]:
+        """The backbone's architecture, precision and weights digest."""
+        if self._weights is None:
+            self._weights = weights_digest(self.backbone)
+        return {
+            "architecture": repr(getattr(self.backbone, "network", self.backbone)),
+            "dtype": str(getattr(self.backbone, "dtype", "")),
+            "weights_sha256": self._weights,
+        }
+
+    def key(self, dataset: Dataset, batch_transform: Callable | None) -> str:
+        identity = {
+            "backbone": self.describe(),
+            "data": dataset_identity(dataset),
+            "batch_transform": repr(batch_transform),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+    def __call__(
+        self, split: str, dataset: Dataset, batch_transform: Callable | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, labels)`` of ``dataset`` (N x D float32 and N int64, in the dataset's order)."""
+        key = self.key(dataset, batch_transform)
+        if key in _memory:
+            _memory.move_to_end(key)
+            log.info(f"{split} features: reused from memory ({key})")
+            return _memory[key]
+        path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            features, labels = saved["features"], saved["labels"]
+            log.info(f"{split} features: read from {path}")
+        else:
+            features, labels = self.compute(split, dataset, batch_transform)
+            self.computed.append(split)
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    torch.save({"features": features, "labels": labels}, tmp)
+        _memory[key] = (features, labels)
+        while len(_memory) > MEMORY_ENTRIES:
+            _memory.popitem(last=False)
+        return _memory[key]
+
+    @torch.no_grad()
+    def compute(
+        self, split: str, dataset: Dataset, batch_transform: Callable | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        self.backbone.to(self.device).eval()
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        features, labels = [], []
+        for images, targets in loader:
+            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+            if batch_transform is not None:
+                images, targets = batch_transform(images, targets)
+            features.append(self.backbone(images).float().cpu())
+            labels.append(targets.cpu())
+        features, labels = torch.cat(features), torch.cat(labels).long()
+        seconds = time.perf_counter() - start
+        log.info(
+            f"{split} features: {tuple(features.shape)} from {len(dataset)} images in {seconds:.1f} s "
+            f"({len(dataset) / max(seconds, 1e-9):.0f} images/s)"
+        )
+        return features, labels
+
+
+def clear_memory() -> None:
+    """Forget the features kept in memory (the disk cache stays)."""
+    _memory.clear()
