@@ -3,6 +3,7 @@ metrics, git commit and library versions travel inside every checkpoint, so ``lo
 the trained network from the file alone, and a resumed run recomposes the config that ran."""
 
 import datetime
+import hashlib
 import importlib.metadata
 import inspect
 import platform
@@ -32,6 +33,62 @@ TRUSTED_PREFIXES = (*TRUSTED_MODULE_PACKAGES, "image_classification.")
 # Arguments that say which weights a network starts from; rebuilding a checkpoint's network clears them (its
 # own weights replace them), so nothing is read or downloaded on the way.
 STARTING_WEIGHTS = {"checkpoint": None, "pretrained": False, "weights": None}
+
+
+FROZEN_KEY = "frozen_backbone"
+FROZEN_PREFIX = "network.backbone."
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's weights and buffers: changes when any weight or batch-norm statistic does."""
+    return state_digest(module.state_dict())
+
+
+def move_frozen_backbone(checkpoint: dict[str, Any], digest: str, directory: str | Path) -> None:
+    """Keep a frozen backbone's weights (``network.backbone.*``) out of a checkpoint: they are written once, to
+    ``backbone-<digest>.pt`` in the checkpoint's directory, and the checkpoint names that file and its digest.
+    A linear evaluation then writes its head's checkpoints every epoch, not the same backbone again each time."""
+    state = checkpoint["state_dict"]
+    frozen = {k[len(FROZEN_PREFIX) :]: state.pop(k) for k in [k for k in state if k.startswith(FROZEN_PREFIX)]}
+    path = Path(directory) / f"backbone-{digest[:16]}.pt"
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            torch.save(frozen, tmp)
+    checkpoint[FROZEN_KEY] = {"file": path.name, "sha256": digest}
+
+
+def restore_frozen_backbone(checkpoint: dict[str, Any], backbone: nn.Module) -> None:
+    """Put a frozen backbone's weights back into a checkpoint that left them out, from ``backbone`` (the run's
+    own, built from the same config): its digest must be the one the checkpoint names."""
+    saved = checkpoint[FROZEN_KEY]["sha256"]
+    if weights_digest(backbone) != saved:
+        raise UserError(
+            f"the checkpoint's frozen backbone (weights {saved[:16]}) is not this run's backbone: the backbone's "
+            "weights file changed since the checkpoint was written"
+        )
+    checkpoint["state_dict"].update({FROZEN_PREFIX + k: v for k, v in backbone.state_dict().items()})
+
+
+def read_frozen_backbone(checkpoint: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
+    """The frozen backbone weights a checkpoint at ``path`` keeps beside it (``network.backbone.*`` keys)."""
+    info = checkpoint[FROZEN_KEY]
+    file = Path(path).parent / info["file"]
+    if not file.is_file():
+        raise UserError(f"{path} keeps its frozen backbone in {info['file']}, which is not beside it: copy both")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if state_digest(state) != info["sha256"]:
+        raise UserError(f"{file} is not the backbone {path} was written with (its weights changed)")
+    return {FROZEN_PREFIX + k: v for k, v in state.items()}
 
 
 def git_commit(package_root: Path = PACKAGE_ROOT) -> str | None:
@@ -212,6 +269,8 @@ def load_network(
     if not isinstance(network, nn.Module):
         raise UserError(f"the network config of checkpoint {path} builds a {type(network).__name__}, not a network")
     prefix = "network."
+    if FROZEN_KEY in checkpoint:
+        checkpoint["state_dict"].update(read_frozen_backbone(checkpoint, path))
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     network.load_state_dict(state, strict=True)
     return network.to(map_location).eval()

@@ -12,7 +12,9 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from image_classification.checkpoint import FROZEN_KEY, move_frozen_backbone, restore_frozen_backbone, weights_digest
 from image_classification.errors import UserError
+from image_classification.networks.linear_probe import Backbone
 from image_classification.schedulers import continue_schedule, fills_total_steps, scheduler_steps
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class ClassificationModule(L.LightningModule):
         self.channels_last = channels_last
         self.compile_options = ({} if compile is True else dict(compile)) if compile else None
         self._compiled = None
+        self._frozen_digest: str | None = None
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
@@ -143,6 +146,24 @@ class ClassificationModule(L.LightningModule):
         self.log_dict(
             {f"test/acc_class/{n}": a for n, a, s in zip(self.class_names, per_class, support, strict=True) if s > 0}
         )
+
+    def _frozen_backbone(self) -> Backbone | None:
+        backbone = getattr(self.network, "backbone", None)
+        return backbone if isinstance(backbone, Backbone) else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A frozen backbone is the same in every checkpoint: written once beside them, not once per epoch.
+        directory = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        backbone = self._frozen_backbone()
+        if backbone is None or directory is None:
+            return
+        if self._frozen_digest is None:
+            self._frozen_digest = weights_digest(backbone)
+        move_frozen_backbone(checkpoint, self._frozen_digest, directory)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if FROZEN_KEY in checkpoint:
+            restore_frozen_backbone(checkpoint, self._frozen_backbone())
 
     def parameter_groups(self) -> list:
         """What the optimizer gets: the parameters that require grad (a frozen backbone needs no special path),

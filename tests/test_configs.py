@@ -74,7 +74,12 @@ def test_data(make_config, tmp_path, choice):
 
 # What a network choice needs besides its file: `network=timm` names its architecture on the command line;
 # the jigsaw networks take puzzles (data=jigsaw says how many tiles).
-NETWORK_EXTRA = {"timm": ["network.model_name=resnet18"], "jigsaw": ["data=jigsaw"], "jigsaw_small": ["data=jigsaw"]}
+NETWORK_EXTRA = {
+    "timm": ["network.model_name=resnet18"],
+    "jigsaw": ["data=jigsaw"],
+    "jigsaw_small": ["data=jigsaw"],
+    "open_clip": ["network.model_name=ViT-S-32", "network.image_size=32", "data.channels=3"],
+}
 
 
 def tiny_size(choice: str) -> int:

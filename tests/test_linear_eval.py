@@ -1,17 +1,20 @@
 """Linear evaluation: a frozen backbone that stays frozen, and a linear head that learns what its features hold."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import choices
+from conftest import choices, photos, write_image_folder
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
 import trainer
 from image_classification import compare, load_network
 from image_classification.config import instantiate
+from image_classification.errors import UserError
 from image_classification.evaluation import (
     FeatureCache,
     LogisticRegression,
@@ -20,7 +23,7 @@ from image_classification.evaluation import (
     logistic_regression,
 )
 from image_classification.evaluation.report import bootstrap_interval
-from image_classification.networks import Backbone, JigsawCNN, KNNProbe, LinearProbe
+from image_classification.networks import Backbone, JigsawCNN, KNNProbe, LinearProbe, OpenCLIPVisual
 
 
 def small_backbone_file(path) -> JigsawCNN:
@@ -36,10 +39,12 @@ def small_backbone_file(path) -> JigsawCNN:
     return network
 
 
-def test_the_backbone_gets_no_gradient_and_its_weights_and_statistics_do_not_change(make_config, tmp_path):
+@pytest.mark.parametrize("strategy", ["end_to_end", "cached"])
+def test_the_backbone_gets_no_gradient_and_its_weights_and_statistics_do_not_change(make_config, tmp_path, strategy):
     saved = small_backbone_file(tmp_path / "backbone.pt")
     cfg = make_config(
         "experiment=linear-eval",
+        f"strategy={strategy}",
         f"network.backbone.checkpoint={tmp_path / 'backbone.pt'}",
         "network.backbone.network.channels=[8,16]",
         "network.backbone.network.kernel_sizes=[3,3]",
@@ -308,6 +313,122 @@ def test_compare_prints_one_row_per_report(make_config, tmp_path, capsys):
     assert compare.main([str(tmp_path), "--sort"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[0].split()[:3] == ["benchmark", "strategy", "backbone"]
-    rows = [line.split() for line in lines[2:]]
-    assert {r[1] for r in rows} == {"logistic", "knn"} and float(rows[0][5]) >= float(rows[1][5])
+    rows = [
+        re.match(r"linear-eval +(\w+) +JigsawCNN \(as initialized\) +([\d.]+) ", line).groups() for line in lines[2:]
+    ]
+    assert {r[0] for r in rows} == {"logistic", "knn"} and float(rows[0][1]) >= float(rows[1][1])
     assert compare.main([str(tmp_path / "missing")]) == 1
+
+
+# --- one interface for a backbone, whatever its source -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "choice, size, extra, patches",
+    [
+        ("jigsaw_cnn_small", 32, [], 8 * 8),  # one max-pool: 16x16 ... a feature map of the last conv
+        ("resnet18", 64, [], 2 * 2),
+        ("vit_ti16", 32, [], 2 * 2),  # the class token left out
+        ("swin_t_w4", 64, [], 2 * 2),  # timm's Swin gives its map channels last
+        (
+            "open_clip",
+            64,
+            ["network.backbone.network.model_name=ViT-S-32", "network.backbone.network.image_size=64"],
+            2 * 2,
+        ),
+    ],
+)
+def test_a_backbone_gives_image_and_patch_features(make_config, choice, size, extra, patches):
+    channels = 3 if choice == "open_clip" else 1
+    cfg = make_config(
+        "experiment=linear-eval",
+        f"network@network.backbone.network={choice}",
+        f"data.image_size={size}",
+        f"data.channels={channels}",
+        *extra,
+    )
+    backbone = instantiate(cfg.network, "network").backbone
+    images = torch.randn(2, channels, size, size)
+    assert backbone(images).shape == (2, backbone.num_features)
+    tokens = backbone.patch_features(images)
+    assert tokens.shape[:2] == (2, patches) and tokens.ndim == 3
+    if choice == "jigsaw_cnn_small":  # its image features: the map pooled to 2x2
+        assert tokens.shape[2] * 4 == backbone.num_features
+
+
+def test_timm_and_open_clip_backbones_give_their_own_preprocessing(tmp_path):
+    import timm
+
+    timm_backbone = Backbone(timm.create_model("resnet18", num_classes=0))
+    open_clip_backbone = Backbone(OpenCLIPVisual("ViT-S-32", image_size=64))
+    photo = Image.fromarray(photos()["cat"])
+    for backbone, size, mean in ((timm_backbone, 224, 0.485), (open_clip_backbone, 64, 0.48145466)):
+        transform = backbone.eval_transform()
+        image = transform(photo)
+        assert image.shape == (3, size, size) and image.dtype == torch.float32
+        assert f"{mean}" in repr(transform)
+    assert Backbone(JigsawCNN(0, channels=[4], kernel_sizes=[3], strides=[1], pool_after=[])).eval_transform() is None
+
+
+def test_open_clip_weights_from_a_local_file_and_a_linear_evaluation_with_its_preprocessing(make_config, tmp_path):
+    import open_clip
+
+    clear_memory()
+    model = open_clip.create_model("ViT-S-32", force_image_size=64)
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    loaded = OpenCLIPVisual("ViT-S-32", pretrained=str(tmp_path / "clip.pt"), image_size=64)
+    for name, value in model.visual.state_dict().items():
+        torch.testing.assert_close(loaded.visual.state_dict()[name], value, msg=name)
+
+    root = write_image_folder(tmp_path / "photos")
+    overrides = [
+        "experiment=linear-eval",
+        "data=image_folder",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "data.image_size=64",
+        "network@network.backbone.network=open_clip",
+        "network.backbone.network.model_name=ViT-S-32",
+        f"network.backbone.network.pretrained={tmp_path / 'clip.pt'}",
+        "network.backbone.network.image_size=64",
+        "data.features.transform=backbone",
+        "strategy=logistic",
+    ]
+    cfg = make_config(*overrides)
+    report = trainer.train(cfg, overrides)
+    datamodule = instantiate(cfg.data, "data")
+    datamodule.setup("fit")  # the same features again: open_clip's preprocessing of the photos, not the data's
+    photo, _ = datamodule.images["test"].dataset[datamodule.images["test"].indices[0]]
+    expected = loaded.eval()(loaded.preprocess(photo)[None])
+    torch.testing.assert_close(datamodule.cached_features("test")[0][:1], expected, atol=1e-4, rtol=1e-4)
+    assert 0 <= report["metrics"]["test/acc"] <= 1
+    rebuilt = load_network(report["tested_checkpoint"])  # the probe, rebuilt without downloading anything
+    assert isinstance(rebuilt.backbone.network, OpenCLIPVisual)
+
+
+def test_checkpoints_keep_the_frozen_backbone_once_beside_them(make_config, tmp_path):
+    clear_memory()
+    saved = small_backbone_file(tmp_path / "backbone.pt")
+    overrides = ["experiment=linear-eval", f"network.backbone.checkpoint={tmp_path / 'backbone.pt'}", *SMALL_BACKBONE]
+    report = trainer.train(make_config(*overrides, "trainer.max_epochs=3"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert len(list(checkpoints.glob("backbone-*.pt"))) == 1  # written once for the run's 3 epochs
+    for path in checkpoints.glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert not any(k.startswith("network.backbone.") for k in state) and "network.head.1.weight" in state
+    probe = load_network(report["tested_checkpoint"])
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(probe.backbone.network.state_dict()[name], value, msg=name)
+    # resumed for more epochs: the module takes the backbone back from its own, built from the same file
+    resumed = trainer.train(make_config(*overrides, "trainer.max_epochs=5", "ckpt_path=last"))
+    assert torch.load(resumed["last_checkpoint"], weights_only=True)["epoch"] == 4
+    # the backbone's file changed since: resuming says so
+    small_backbone_file(tmp_path / "backbone.pt")
+    with pytest.raises(UserError, match="not this run's backbone"):
+        trainer.train(make_config(*overrides, "trainer.max_epochs=6", "ckpt_path=last"))
+    # a checkpoint copied without its backbone file
+    (tmp_path / "alone").mkdir()
+    alone = tmp_path / "alone" / "last.ckpt"
+    alone.write_bytes((checkpoints / "last.ckpt").read_bytes())
+    with pytest.raises(UserError, match="which is not beside it"):
+        load_network(alone)

@@ -35,7 +35,13 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 
 def test_the_marked_blocks_exist():
-    assert {"my-network", "my-network-run", "load-network", "jigsaw-then-classify"} <= readme_blocks().keys()
+    assert {
+        "my-network",
+        "my-network-run",
+        "load-network",
+        "jigsaw-then-classify",
+        "linear-eval",
+    } <= readme_blocks().keys()
 
 
 @pytest.mark.slow
@@ -68,3 +74,15 @@ def test_jigsaw_pretraining_then_a_classifier_from_its_trunk_as_the_readme_shows
     assert f"checkpoint: {extractor.relative_to(tmp_path)}" in config
     accuracies = [float(a) for a in re.findall(r"Test accuracy: +([\d.]+)%", printed)]
     assert len(accuracies) == 2 and accuracies[0] > 50 and accuracies[1] > 95, accuracies
+
+
+@pytest.mark.slow
+def test_linear_evaluation_as_the_readme_shows_it(tmp_path):
+    env = workspace(tmp_path)
+    result = run(["bash", "-euo", "pipefail", "-c", readme_blocks()["linear-eval"]], tmp_path, env)
+    printed = result.stdout + result.stderr
+    # the second run's backbone is the first's (the same seed): it reads the features the first one cached
+    assert printed.count("features: read from cache/features/") == 3, printed[-3000:]
+    rows = re.findall(r"^linear-eval +(\w+) +JigsawCNN \(as initialized\) +([\d.]+) ", result.stdout, re.MULTILINE)
+    assert sorted(strategy for strategy, _ in rows) == ["cached", "logistic"], result.stdout
+    assert all(float(top1) > 90 for _, top1 in rows), rows

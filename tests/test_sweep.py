@@ -82,3 +82,15 @@ def test_the_objective_tells_fully_trained_trials_apart(tmp_path):
         json.loads(p.read_text())["metrics"]["val/nll"] for p in tmp_path.glob("logs/train/multiruns/*/*/metrics.json")
     )
     assert reported == pytest.approx(values)
+
+
+def test_a_linear_evaluation_sweep_extracts_the_features_once(tmp_path):
+    result = sweep(tmp_path, "hp_search=linear_eval_optuna", "hydra.sweeper.n_trials=3")
+    log = result.stdout + result.stderr
+    assert log.count("features: (") == 3  # train, val and test, by the first trial
+    assert log.count("features: reused from memory") == 6  # the other two trials
+    trials = optuna.load_study(
+        study_name="linear-eval", storage=f"sqlite:///{tmp_path}/logs/optuna-linear-eval.db"
+    ).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({t.params["optimizer.lr"] for t in trials}) == 3

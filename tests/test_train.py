@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import ROOT, choices, write_cifar10, write_image_folder, write_imagenet, write_mnist
+from conftest import ROOT, choices, write_cifar10, write_image_folder, write_imagenet, write_mnist, write_tiny_imagenet
 from omegaconf import OmegaConf
 
 import trainer
@@ -48,6 +48,8 @@ def test_every_experiment_runs_under_the_debug_overlays(make_config, tmp_path, e
         extra = [f"data.root={write_imagenet(tmp_path / 'imagenet')}", *IMAGENET_TINY]
     elif experiment == "jigsaw-places365":
         extra = [f"data.root={write_image_folder(tmp_path / 'photos')}", *JIGSAW_FOLDER_TINY]
+    elif experiment == "linear-eval-tiny-imagenet":
+        extra = [f"data.root={write_tiny_imagenet(tmp_path / 'tiny')}", "data.num_classes=3", "data.num_workers=0"]
     cfg = make_config(f"experiment={experiment}", f"debug={debug}", "data.batch_size=8", *extra)
     report = trainer.train(cfg)
     assert 0.0 <= report["metrics"]["test/acc"] <= 1.0

@@ -1,6 +1,7 @@
 """Evaluating backbones: cached features, closed-form probes (logistic regression, kNN) and reports."""
 
-from image_classification.evaluation.features import FeatureCache, clear_memory, weights_digest
+from image_classification.checkpoint import weights_digest
+from image_classification.evaluation.features import FeatureCache, clear_memory
 from image_classification.evaluation.probes import (
     LogisticRegression,
     NearestNeighbours,

@@ -15,23 +15,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from image_classification.checkpoint import weights_digest
 from image_classification.files import atomic_path
 
 log = logging.getLogger(__name__)
 # Features a process keeps in memory (a sweep's trials reuse them without reading the disk again).
 MEMORY_ENTRIES = 6
 _memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-
-
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict (names, dtypes, shapes and values): changes when any weight or
-    batch-norm statistic does."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _array_digest(values: Any) -> str | None:
@@ -71,6 +61,9 @@ class FeatureCache:
         batch_size: images per forward pass.
         device: ``auto`` (the GPU when there is one), ``cpu``, ``cuda``, ``cuda:1``, ...
         num_workers: loader worker processes reading the images.
+        transform: ``data``: the data config's evaluation transforms (per image and per batch); ``backbone``:
+            the backbone's own preprocessing in their place (``Backbone.eval_transform()``: a pretrained timm
+            or open_clip model's resize, crop and normalization), on the dataset's images.
     """
 
     def __init__(
@@ -80,8 +73,12 @@ class FeatureCache:
         batch_size: int = 256,
         device: str = "auto",
         num_workers: int = 0,
+        transform: str = "data",
     ):
+        if transform not in ("data", "backbone"):
+            raise ValueError(f"data.features.transform must be data or backbone, got {transform!r}")
         self.backbone = backbone
+        self.transform = transform
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.batch_size = batch_size
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -111,6 +108,8 @@ class FeatureCache:
         self, split: str, dataset: Dataset, batch_transform: Callable | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features, labels)`` of ``dataset`` (N x D float32 and N int64, in the dataset's order)."""
+        if self.transform == "backbone":
+            dataset, batch_transform = self._with_backbone_transform(dataset), None
         key = self.key(dataset, batch_transform)
         if key in _memory:
             _memory.move_to_end(key)
@@ -131,6 +130,17 @@ class FeatureCache:
         while len(_memory) > MEMORY_ENTRIES:
             _memory.popitem(last=False)
         return _memory[key]
+
+    def _with_backbone_transform(self, dataset: Dataset) -> Dataset:
+        from image_classification.data.datamodule import TransformedSubset
+
+        transform = self.backbone.eval_transform()
+        if transform is None:
+            raise ValueError(
+                f"data.features.transform=backbone: {type(self.backbone.network).__name__} has no preprocessing "
+                "of its own; use data.features.transform=data"
+            )
+        return TransformedSubset(getattr(dataset, "dataset", dataset), getattr(dataset, "indices", None), transform)
 
     @torch.no_grad()
     def compute(

@@ -163,8 +163,11 @@ class NearestNeighbours:
 
 def fit_closed_form(fit: Callable, trainer, module, datamodule, path: str | Path) -> tuple[str, dict[str, Any]]:
     """Fit ``module``'s probe in closed form on the cached training features, validate it, and save it as a
-    checkpoint at ``path`` (what the run then tests). Returns the path and what the fit chose."""
+    checkpoint: ``last.ckpt`` in the run's checkpoint directory, else ``path`` (what the run then tests).
+    Returns the checkpoint's path and what the fit chose."""
     chosen = fit(module.network, datamodule.cached_features("train"), datamodule.cached_features("val"))
     trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.save_checkpoint(path)
+    directory = getattr(trainer.checkpoint_callback, "dirpath", None)
+    path = Path(directory) / "last.ckpt" if directory else Path(path)
+    trainer.save_checkpoint(path, weights_only=False)  # with the callbacks' state, as the run's others
     return str(path), chosen

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from image_classification.checkpoint import weights_digest
+
 REPORT_VERSION = 1
 
 
@@ -56,8 +58,6 @@ def strategy_of(config: dict[str, Any]) -> str:
 def backbone_description(config: dict[str, Any], network: torch.nn.Module) -> dict[str, Any]:
     """What was evaluated: the backbone's config (architecture, weights file, precision) and a digest of its
     weights; the whole network's for a network trained end to end."""
-    from image_classification.evaluation.features import weights_digest
-
     network_config = dict(config.get("network") or {})
     backbone = getattr(network, "backbone", None)
     described = network_config.get("backbone", network_config) if backbone is not None else network_config

@@ -72,6 +72,10 @@ class JigsawCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def forward_features(self, x):
+        """The last convolutional feature map, before pooling (B x C x H x W): patch-level features."""
+        return self.features[:-2](x)
+
 
 class JigsawNetwork(nn.Module):
     """The context-free network: one ``trunk`` shared by every tile, each tile's features through the first

@@ -16,6 +16,11 @@ class Backbone(nn.Module):
     says ``num_features``) started from ``checkpoint``, never trained and always in eval mode, so neither its
     weights nor its batch-norm statistics change.
 
+    The one interface of a vision backbone: ``backbone(images)`` gives image-level features (B x
+    ``num_features``), :meth:`patch_features` patch-level ones where the architecture has them, and
+    :meth:`eval_transform` the image transform the network expects (timm's and open_clip's pretrained
+    preprocessing), where it says one.
+
     Args:
         network: any network config built with ``num_classes=0``: the jigsaw CNN, a timm ResNet, ViT or Swin.
         checkpoint: the weights: a jigsaw run's ``feature_extractor.pt``, a checkpoint of a supervised run
@@ -40,9 +45,40 @@ class Backbone(nn.Module):
         self.network.eval()  # batch-norm statistics and dropout stay as the backbone was trained
         return self
 
+    def _precision(self, images: torch.Tensor):
+        return torch.autocast(images.device.type, self.dtype, enabled=self.dtype != torch.float32)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(images.device.type, self.dtype, enabled=self.dtype != torch.float32):
+        with torch.no_grad(), self._precision(images):
             return self.network(images).float()
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-level features, B x N x D: a ViT's patch tokens (class and register tokens left out), a
+        CNN's or a Swin's last feature map, one vector per position."""
+        forward_features = getattr(self.network, "forward_features", None)
+        if forward_features is None:
+            raise ValueError(f"{type(self.network).__name__} gives no patch-level features (no forward_features)")
+        with torch.no_grad(), self._precision(images):
+            features = forward_features(images)
+        if features.ndim == 4:  # a feature map: channels first, or last (timm's Swin says NHWC)
+            channels_last = getattr(self.network, "output_fmt", "NCHW") == "NHWC"
+            features = features.flatten(1, 2) if channels_last else features.flatten(2).transpose(1, 2)
+        elif features.ndim == 3:  # tokens
+            features = features[:, getattr(self.network, "num_prefix_tokens", 0) :]
+        return features.float()
+
+    def eval_transform(self):
+        """The per-image transform the network expects (PIL image in, normalized tensor out): its own
+        (``eval_transform()``: open_clip's preprocessing), timm's for its pretrained configuration, or None
+        (a network of this framework: the data config's transforms)."""
+        own = getattr(self.network, "eval_transform", None)
+        if callable(own):
+            return own()
+        if getattr(self.network, "pretrained_cfg", None):
+            from timm.data import create_transform, resolve_data_config
+
+            return create_transform(**resolve_data_config({}, model=self.network), is_training=False)
+        return None
 
 
 class LinearProbe(nn.Module):

@@ -42,3 +42,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+    def forward_features(self, x):
+        """The last convolutional feature map, before pooling (B x C x H x W): patch-level features."""
+        return self.features[:-2](x)
