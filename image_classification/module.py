@@ -81,6 +81,12 @@ class ClassificationModule(L.LightningModule):
         self._frozen_digest: str | None = None
 
     def setup(self, stage: str) -> None:
+        features = getattr(self.trainer.datamodule, "features", None)
+        backbone = self._frozen_backbone()
+        if features is not None and backbone is not None and features.backbone is not backbone:
+            # The data holds a frozen backbone's features (linear evaluation on cached features): the probe
+            # classifies images with that very backbone, also when it was drawn at random.
+            backbone.load_state_dict(features.backbone.state_dict())
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
         if self.compile_options is not None and self._compiled is None:

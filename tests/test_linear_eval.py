@@ -149,6 +149,20 @@ def test_each_strategy_writes_a_full_report(make_config, tmp_path, strategy):
     )
     assert report["hostname"] and report["device"] and report["time"] and report["command"]
     assert report["overrides"] == overrides
+    # the tested probe, rebuilt from its checkpoint alone, classifies the test images as the report says
+    probe = load_network(report["tested_checkpoint"])
+    datamodule = instantiate(make_config(*overrides).data, "data")
+    datamodule.setup("fit")
+    images = datamodule.images["test"]
+    ids = [images.indices[i] for i in range(len(images))]
+    assert [e["id"] for e in report["examples"]] == ids  # in loader order, by index into the digits
+    batch = (
+        torch.stack([images[i][0] for i in range(len(images))]),
+        torch.tensor([images[i][1] for i in range(len(images))]),
+    )
+    with torch.no_grad():
+        predicted = probe(datamodule.eval_batch_transform(*batch)[0]).argmax(1)
+    assert [str(p) for p in predicted.tolist()] == [e["predicted"] for e in report["examples"]]
 
 
 def test_the_cached_features_are_the_backbones_features_of_the_evaluation_images(make_config):
