@@ -66,9 +66,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
 
     runs.write_run_records(run_dir, resolved, overrides)
+    best, fitted = None, None
     if cfg.fit is not None:  # a probe fitted in closed form on cached features (logistic regression, kNN)
         fit = instantiate(cfg.fit, "fit")
-        best, (last, _) = None, fit_closed_form(fit, trainer, module, datamodule, run_dir / "checkpoints/last.ckpt")
+        last, fitted = fit_closed_form(fit, trainer, module, datamodule, run_dir / "checkpoints/last.ckpt")
     else:
         with warnings.catch_warnings():
             if ckpt_path:  # continuing a run in its own directory: of course its checkpoints are there
@@ -85,6 +86,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "tested_epoch": tested_epoch,
         "best_checkpoint": best,
         "last_checkpoint": last,
+        "fit": fitted,  # what a closed-form fit chose (the L2 strength and its search), else null
         "wall_time_s": round(time.perf_counter() - start, 2),
         "run_dir": str(run_dir),
         "git_commit": metadata["git_commit"],

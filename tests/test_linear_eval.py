@@ -130,7 +130,12 @@ REPORT_FIELDS = {
 def test_each_strategy_writes_a_full_report(make_config, tmp_path, strategy):
     clear_memory()
     overrides = ["experiment=linear-eval", f"strategy={strategy}", "trainer.max_epochs=2", *SMALL_BACKBONE]
-    metrics = trainer.train(make_config(*overrides), overrides)["metrics"]
+    result = trainer.train(make_config(*overrides), overrides)
+    metrics, fitted = result["metrics"], result["fit"]
+    if strategy == "logistic":  # metrics.json says which L2 strength the search chose, among those it tried
+        assert fitted["l2"] in [row["l2"] for row in fitted["search"]] and len(fitted["search"]) == 15
+    else:
+        assert fitted == ({"k": 20, "temperature": 0.07, "bank_size": 1294} if strategy == "knn" else None)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report) >= REPORT_FIELDS, REPORT_FIELDS - set(report)
     assert report["strategy"] == strategy and report["benchmark"] == "linear-eval"

@@ -92,10 +92,12 @@ def test_metrics_json_and_checkpoints(make_config, tmp_path):
         "tested_epoch",
         "best_checkpoint",
         "last_checkpoint",
+        "fit",
         "wall_time_s",
         "run_dir",
         "git_commit",
     }
+    assert report["fit"] is None  # trained by the optimizer, not fitted in closed form
     assert {"test/acc_class/9", "val/nll", "test/nll", "test/acc_top5"} <= report["metrics"].keys()
     assert yaml.safe_load((run / "overrides.yaml").read_text()) == []  # composed without a command line
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
