@@ -3,7 +3,6 @@ metrics, git commit and library versions travel inside every checkpoint, so ``lo
 the trained network from the file alone, and a resumed run recomposes the config that ran."""
 
 import datetime
-import hashlib
 import importlib.metadata
 import inspect
 import platform
@@ -21,6 +20,7 @@ from torch import nn
 from image_classification import networks
 from image_classification.errors import UserError
 from image_classification.files import atomic_path
+from image_classification.networks.weights import state_digest
 
 METADATA_KEY = "image_classification"
 FORMAT_VERSION = 1
@@ -37,21 +37,6 @@ STARTING_WEIGHTS = {"checkpoint": None, "pretrained": False, "weights": None}
 
 FROZEN_KEY = "frozen_backbone"
 FROZEN_PREFIX = "network.backbone."
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict: names, dtypes, shapes and values."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's weights and buffers: changes when any weight or batch-norm statistic does."""
-    return state_digest(module.state_dict())
 
 
 def move_frozen_backbone(checkpoint: dict[str, Any], digest: str, directory: str | Path) -> None:
@@ -71,7 +56,7 @@ def restore_frozen_backbone(checkpoint: dict[str, Any], backbone: nn.Module) -> 
     """Put a frozen backbone's weights back into a checkpoint that left them out, from ``backbone`` (the run's
     own, built from the same config): its digest must be the one the checkpoint names."""
     saved = checkpoint[FROZEN_KEY]["sha256"]
-    if weights_digest(backbone) != saved:
+    if backbone.weights_digest() != saved:
         raise UserError(
             f"the checkpoint's frozen backbone (weights {saved[:16]}) is not this run's backbone: the backbone's "
             "weights file changed since the checkpoint was written"

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from image_classification.checkpoint import FROZEN_KEY, move_frozen_backbone, restore_frozen_backbone, weights_digest
+from image_classification.checkpoint import FROZEN_KEY, move_frozen_backbone, restore_frozen_backbone
 from image_classification.errors import UserError
 from image_classification.networks.linear_probe import Backbone
 from image_classification.schedulers import continue_schedule, fills_total_steps, scheduler_steps
@@ -78,7 +78,6 @@ class ClassificationModule(L.LightningModule):
         self.channels_last = channels_last
         self.compile_options = ({} if compile is True else dict(compile)) if compile else None
         self._compiled = None
-        self._frozen_digest: str | None = None
 
     def setup(self, stage: str) -> None:
         features = getattr(self.trainer.datamodule, "features", None)
@@ -163,9 +162,7 @@ class ClassificationModule(L.LightningModule):
         backbone = self._frozen_backbone()
         if backbone is None or directory is None:
             return
-        if self._frozen_digest is None:
-            self._frozen_digest = weights_digest(backbone)
-        move_frozen_backbone(checkpoint, self._frozen_digest, directory)
+        move_frozen_backbone(checkpoint, backbone.weights_digest(), directory)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if FROZEN_KEY in checkpoint:

@@ -15,13 +15,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from image_classification.checkpoint import weights_digest
+from image_classification.data.datamodule import TransformedSubset
 from image_classification.files import atomic_path
 
 log = logging.getLogger(__name__)
 # Features a process keeps in memory (a sweep's trials reuse them without reading the disk again).
 MEMORY_ENTRIES = 6
 _memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; any other name as torch reads it."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
 def _array_digest(values: Any) -> str | None:
@@ -81,19 +86,16 @@ class FeatureCache:
         self.transform = transform
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.batch_size = batch_size
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = resolve_device(device)
         self.num_workers = num_workers
-        self._weights: str | None = None
-        self.computed: list[str] = []  # the splits this instance had to compute (not read back): for reports
+        self.computed: list[str] = []  # the splits this instance had to compute, not read back
 
     def describe(self) -> dict[str, Any]:
         """The backbone's architecture, precision and weights digest."""
-        if self._weights is None:
-            self._weights = weights_digest(self.backbone)
         return {
             "architecture": repr(getattr(self.backbone, "network", self.backbone)),
             "dtype": str(getattr(self.backbone, "dtype", "")),
-            "weights_sha256": self._weights,
+            "weights_sha256": self.backbone.weights_digest(),
         }
 
     def key(self, dataset: Dataset, batch_transform: Callable | None) -> str:
@@ -132,8 +134,6 @@ class FeatureCache:
         return _memory[key]
 
     def _with_backbone_transform(self, dataset: Dataset) -> Dataset:
-        from image_classification.data.datamodule import TransformedSubset
-
         transform = self.backbone.eval_transform()
         if transform is None:
             raise ValueError(

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from image_classification.errors import UserError
+from image_classification.evaluation.features import resolve_device
 
 log = logging.getLogger(__name__)
 Split = tuple[torch.Tensor, torch.Tensor]  # (features N x D, labels N)
@@ -93,10 +94,13 @@ class LogisticRegression:
         self.start_exponents = sorted(float(e) for e in start_exponents)
         self.steps_per_decade = steps_per_decade
         self.max_iter = max_iter
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = resolve_device(device)
 
-    def search(self, train: Split, val: Split, num_classes: int) -> tuple[float, list[dict[str, float]]]:
-        """The best L2 strength's exponent, and every strength tried with its validation scores."""
+    def search(
+        self, train: Split, val: Split, num_classes: int
+    ) -> tuple[float, tuple[torch.Tensor, torch.Tensor], list[dict[str, float]]]:
+        """The best L2 strength's exponent, its fit ``(weight, bias)``, and every strength tried with its
+        validation scores."""
         tried: dict[float, tuple[float, float]] = {}
         solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -121,7 +125,7 @@ class LogisticRegression:
             evaluate(centre + step)
             step /= 2
         table = [{"l2": 10**e, "val_acc": a, "val_loss": loss} for e, (a, loss) in sorted(tried.items())]
-        return best(), table
+        return best(), solutions[best()], table
 
     def __call__(self, network: nn.Module, train: Split, val: Split) -> dict[str, Any]:
         head = getattr(network, "head", None)
@@ -138,15 +142,14 @@ class LogisticRegression:
             return x.float(), split[1].to(self.device).long()
 
         train_std, val_std = standardize(train), standardize(val)
-        exponent, table = self.search(train_std, val_std, linear.out_features)
-        weight, bias = logistic_regression(*train_std, linear.out_features, 10**exponent, max_iter=self.max_iter)
+        exponent, (weight, bias), table = self.search(train_std, val_std, linear.out_features)
         with torch.no_grad():
             if isinstance(norm, nn.BatchNorm1d):  # the probe's own normalization holds the training statistics
                 norm.running_mean.copy_(mean), norm.running_var.copy_(var)
             else:  # folded into the weights: W (x - m) / s + b
                 weight, bias = weight.double() / std, bias.double() - (weight.double() / std) @ mean
             linear.weight.copy_(weight), linear.bias.copy_(bias)  # copy_ converts dtype and device
-        accuracy = dict((e["l2"], e["val_acc"]) for e in table)[10**exponent]
+        accuracy = next(row["val_acc"] for row in table if row["l2"] == 10**exponent)
         log.info(f"Logistic regression: L2 strength {10**exponent:.3g} of {len(table)} tried, val acc {accuracy:.4f}")
         return {"l2": 10**exponent, "search": table}
 

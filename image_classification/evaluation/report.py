@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from image_classification.checkpoint import weights_digest
+from image_classification.networks.weights import weights_digest
 
 REPORT_VERSION = 1
 
@@ -67,7 +67,7 @@ def backbone_description(config: dict[str, Any], network: torch.nn.Module) -> di
     return {
         "name": f"{architecture} ({Path(str(weights)).name if weights else 'as initialized'})",
         "config": described,
-        "weights_sha256": weights_digest(backbone if backbone is not None else network),
+        "weights_sha256": backbone.weights_digest() if backbone is not None else weights_digest(network),
     }
 
 

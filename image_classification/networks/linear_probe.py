@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from image_classification.networks.features import feature_count
-from image_classification.networks.weights import load_weights
+from image_classification.networks.weights import load_weights, weights_digest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,6 +39,18 @@ class Backbone(nn.Module):
         self.network.eval()
         self.num_features = features
         self.dtype = DTYPES[dtype]
+        self._digest: str | None = None
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the backbone's weights and buffers, computed once: they are frozen, and loading others
+        (``load_state_dict``) clears it."""
+        if self._digest is None:
+            self._digest = weights_digest(self)
+        return self._digest
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._digest = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)

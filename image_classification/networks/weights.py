@@ -1,5 +1,7 @@
-"""Starting a network from saved weights: a timm or torchvision state dict, or one of our checkpoints."""
+"""Starting a network from saved weights (a timm or torchvision state dict, or one of our checkpoints), and
+digests that say whether two networks hold the same weights."""
 
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -47,3 +49,18 @@ def load_weights(network: nn.Module, path: str | Path) -> nn.Module:
     if unexpected:
         log.warning(f"{path}: not used by {type(network).__name__}: {', '.join(unexpected)}")
     return network
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's weights and buffers: changes when any weight or batch-norm statistic does."""
+    return state_digest(module.state_dict())
