@@ -4,32 +4,24 @@ the trained network from the file alone, and a resumed run recomposes the config
 
 import datetime
 import importlib.metadata
-import inspect
 import platform
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
-from hydra.utils import execution_whitelist
 from torch import nn
 
-from image_classification import networks
 from image_classification.errors import UserError
 from image_classification.files import atomic_path
 from image_classification.networks.weights import state_digest
+from image_classification.trust import build_trusted, network_allow_list
 
 METADATA_KEY = "image_classification"
 FORMAT_VERSION = 1
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-# The nn.Module classes of these packages are networks a checkpoint may build without the caller vouching
-# for more; so are this package's own networks (`networks.__all__`) and torchvision's model builders. A
-# `_target_` outside these prefixes is refused before anything is imported.
-TRUSTED_MODULE_PACKAGES = ("torch.nn.", "torchvision.models.", "timm.models.", "timm.layers.")
-TRUSTED_PREFIXES = (*TRUSTED_MODULE_PACKAGES, "image_classification.")
 # Arguments that say which weights a network starts from; rebuilding a checkpoint's network clears them (its
 # own weights replace them), so nothing is read or downloaded on the way.
 STARTING_WEIGHTS = {"checkpoint": None, "pretrained": False, "weights": None}
@@ -149,72 +141,6 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
-def _targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:
-    """Every ``(key, _target_)`` in a plain config tree; refuses interpolations, which would be resolved."""
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield key, node["_target_"]
-        for name, value in node.items():
-            yield from _targets(value, f"{key}.{name}")
-    elif isinstance(node, list | tuple):
-        for i, value in enumerate(node):
-            yield from _targets(value, f"{key}[{i}]")
-    elif isinstance(node, str) and "${" in node:
-        raise UserError(f"{key} holds an interpolation ({node!r}); a checkpoint's config is stored resolved")
-
-
-def is_trusted_network(target: Any) -> bool:
-    """Whether a located ``_target_`` is something a network can be: one of this package's networks
-    (``networks.__all__``), an ``nn.Module`` class of torch.nn, torchvision.models or timm, or a torchvision
-    model builder. Nothing that instantiates configs or runs a command."""
-    ours = {id(getattr(networks, name)) for name in networks.__all__}
-    if id(target) in ours:
-        return True
-    if inspect.isclass(target) and issubclass(target, nn.Module):
-        return target.__module__.startswith(TRUSTED_MODULE_PACKAGES)
-    import torchvision
-
-    builders = {id(torchvision.models.get_model_builder(name)) for name in torchvision.models.list_models()}
-    return id(target) in builders
-
-
-def _locate(target: str) -> Any:
-    if not target.startswith(TRUSTED_PREFIXES):
-        return None
-    try:
-        return hydra.utils.get_object(target)
-    except Exception:  # a name that does not import is not a trusted network either
-        return None
-
-
-def _matches(target: str, patterns: Sequence[str]) -> bool:
-    """Hydra's whitelist matching: an exact name, or a ``"package.*"`` prefix."""
-    return any(target == p or (p.endswith(".*") and target.startswith(p[:-1])) for p in patterns)
-
-
-def network_allow_list(config: dict[str, Any], trusted_targets: Sequence[str] = (), key: str = "network") -> list[str]:
-    """What Hydra may call to build a checkpoint's network config: each ``_target_`` in it, checked to be a
-    trusted network (:func:`is_trusted_network`) or to match one of the caller's ``trusted_targets``
-    (``"my_lab.nets.*"``), with the canonical name of what it resolves to, and the module of a builder
-    (Hydra also checks the class of the network the builder returns)."""
-    allowed = list(trusted_targets)
-    for where, target in _targets(config, key):
-        if not isinstance(target, str):
-            raise UserError(f"{where}._target_ is {target!r}, not a dotted name")
-        if _matches(target, trusted_targets):
-            continue  # the caller vouches for it; Hydra still checks what the name resolves to
-        located = _locate(target)
-        if not is_trusted_network(located):
-            raise UserError(
-                f"the checkpoint's {where} is built by {target!r}, which is not a network this package trusts: "
-                f"if you trust the checkpoint, pass load_network(path, trusted_targets=[{target!r}])"
-            )
-        allowed += [target, f"{located.__module__}.{located.__qualname__}"]
-        if not inspect.isclass(located):  # Hydra also checks the class of the network a builder returns
-            allowed += [f"{package}*" for package in TRUSTED_MODULE_PACKAGES]
-    return list(dict.fromkeys(allowed))
-
-
 def without_starting_weights(node: Any) -> Any:
     """A copy of a network config in which nothing names the weights the network started from."""
     if isinstance(node, dict):
@@ -237,27 +163,34 @@ def load_network(
     Args:
         trusted_targets: ``_target_`` names or ``"my_package.*"`` patterns of your own network classes that
             the checkpoint's network config may build, beyond the networks this package trusts
-            (:func:`is_trusted_network`). Give them only for checkpoints you trust.
+            (:func:`~image_classification.trust.is_trusted_network`). Give them only for checkpoints you trust.
 
     The network's class names are in ``read_checkpoint(path)["image_classification"]["class_names"]``.
     """
-    checkpoint = read_checkpoint(path, map_location)
+    return network_from_checkpoint(read_checkpoint(path, map_location), path, map_location, trusted_targets)
+
+
+def network_from_checkpoint(
+    checkpoint: dict[str, Any],
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    trusted_targets: Sequence[str] = (),
+) -> nn.Module:
+    """:func:`load_network` of a checkpoint already read from ``path``."""
     network_config = without_starting_weights(checkpoint[METADATA_KEY]["config"]["network"])
     allowed = network_allow_list(network_config, trusted_targets)
-    # reset=True: the allow-list holds even when called from inside a run's unrestricted policy.
-    with execution_whitelist(allowed, reset=True):
-        try:
-            network = hydra.utils.instantiate(network_config, _convert_="all")
-        except Exception as err:
-            message = " ".join(str(err).split())
-            raise UserError(f"the network of checkpoint {path} could not be rebuilt: {message}") from err
+    network = build_trusted(network_config, allowed, f"the network of checkpoint {path}")
     if not isinstance(network, nn.Module):
         raise UserError(f"the network config of checkpoint {path} builds a {type(network).__name__}, not a network")
     prefix = "network."
     if FROZEN_KEY in checkpoint:
         checkpoint["state_dict"].update(read_frozen_backbone(checkpoint, path))
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    network.load_state_dict(state, strict=True)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # keys or shapes that are not the network's
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise UserError(f"the weights in {path} do not fit the network its config builds: {first[:300]}") from None
     return network.to(map_location).eval()
 
 

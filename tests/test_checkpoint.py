@@ -9,9 +9,10 @@ from conftest import CONFIGS
 
 import trainer
 from image_classification import load_network, networks
-from image_classification.checkpoint import METADATA_KEY, TRUSTED_PREFIXES, is_trusted_network
+from image_classification.checkpoint import METADATA_KEY
 from image_classification.config import run_config_policy
 from image_classification.errors import UserError
+from image_classification.trust import TRUSTED_PREFIXES, is_trusted_network
 
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none"]
 

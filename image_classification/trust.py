@@ -1,0 +1,176 @@
+"""What a checkpoint's config may build. A checkpoint can come from anyone: its network, its preprocessing and
+(to evaluate it) its data are rebuilt from the config inside it, so every ``_target_`` there is checked against
+what such a part can be before anything is imported, and Hydra instantiates under an allow-list of exactly
+those names (``hydra.utils.execution_whitelist``). ``trusted_targets`` lets a caller vouch for more."""
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import execution_whitelist
+from torch import nn
+from torch.utils.data import Dataset
+
+from image_classification import networks
+from image_classification.errors import UserError
+
+# The nn.Module classes of these packages are networks a checkpoint may build without the caller vouching
+# for more; so are this package's own networks (`networks.__all__`) and torchvision's model builders. A
+# `_target_` outside these prefixes is refused before anything is imported.
+TRUSTED_MODULE_PACKAGES = ("torch.nn.", "torchvision.models.", "timm.models.", "timm.layers.")
+TRUSTED_PREFIXES = (*TRUSTED_MODULE_PACKAGES, "image_classification.")
+# Preprocessing: torchvision's v2 transforms (not `Lambda`, which calls whatever it is given) and this
+# package's batch transforms.
+TRANSFORM_PREFIXES = ("torchvision.transforms.v2.", "image_classification.transforms.")
+# Data: the DataModule, this package's datasets and dataset factories, torchvision's datasets, and transforms.
+DATA_PREFIXES = (*TRANSFORM_PREFIXES, "torchvision.datasets.", "image_classification.")
+# The one located object a data config may hold: a dtype (`ToDtype(dtype=torch.float32)`).
+GET_OBJECT = "hydra.utils.get_object"
+
+
+def target_nodes(node: Any, key: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every ``(key, node)`` with a ``_target_`` in a plain config tree; refuses interpolations, which would be
+    resolved."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield key, node
+        for name, value in node.items():
+            yield from target_nodes(value, f"{key}.{name}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from target_nodes(value, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise UserError(f"{key} holds an interpolation ({node!r}); a checkpoint's config is stored resolved")
+
+
+def is_trusted_network(target: Any) -> bool:
+    """Whether a located ``_target_`` is something a network can be: one of this package's networks
+    (``networks.__all__``), an ``nn.Module`` class of torch.nn, torchvision.models or timm, or a torchvision
+    model builder. Nothing that instantiates configs or runs a command."""
+    ours = {id(getattr(networks, name)) for name in networks.__all__}
+    if id(target) in ours:
+        return True
+    if inspect.isclass(target) and issubclass(target, nn.Module):
+        return target.__module__.startswith(TRUSTED_MODULE_PACKAGES)
+    import torchvision
+
+    builders = {id(torchvision.models.get_model_builder(name)) for name in torchvision.models.list_models()}
+    return id(target) in builders
+
+
+def is_trusted_transform(target: Any) -> bool:
+    """A torchvision v2 transform class other than ``Lambda``, or a transform class of
+    ``image_classification.transforms``."""
+    from torchvision.transforms import v2
+
+    if not inspect.isclass(target):
+        return False
+    if issubclass(target, v2.Transform) and target.__module__.startswith("torchvision.transforms.v2"):
+        return not issubclass(target, v2.Lambda)
+    return issubclass(target, nn.Module) and target.__module__ == "image_classification.transforms"
+
+
+def is_trusted_data(target: Any) -> bool:
+    """A transform, the DataModule, a dataset class of this package or of torchvision, or one of this package's
+    dataset factories (``image_folder``, ``imagenet``)."""
+    from image_classification import data
+
+    if is_trusted_transform(target) or target is data.DataModule:
+        return True
+    if inspect.isclass(target) and issubclass(target, Dataset):
+        return target.__module__.startswith(("image_classification.data.", "torchvision.datasets."))
+    return target is data.image_folder or target is data.imagenet
+
+
+def is_trusted_loss(target: Any) -> bool:
+    """A loss module of torch.nn or of ``image_classification.losses``."""
+    if not (inspect.isclass(target) and issubclass(target, nn.Module)):
+        return False
+    return target.__module__.startswith("torch.nn.modules.loss") or target.__module__ == "image_classification.losses"
+
+
+def _is_dtype(node: dict[str, Any]) -> bool:
+    """``{_target_: hydra.utils.get_object, path: torch.<dtype>}``, and nothing else."""
+    path = node.get("path")
+    if set(node) != {"_target_", "path"} or not isinstance(path, str) or not path.startswith("torch."):
+        return False
+    return isinstance(getattr(torch, path[len("torch.") :], None), torch.dtype)
+
+
+def _locate(target: str, prefixes: Sequence[str]) -> Any:
+    if not target.startswith(tuple(prefixes)):
+        return None
+    try:
+        return hydra.utils.get_object(target)
+    except Exception:  # a name that does not import is not trusted either
+        return None
+
+
+def _matches(target: str, patterns: Sequence[str]) -> bool:
+    """Hydra's whitelist matching: an exact name, or a ``"package.*"`` prefix."""
+    return any(target == p or (p.endswith(".*") and target.startswith(p[:-1])) for p in patterns)
+
+
+def allow_list(
+    config: Any,
+    key: str,
+    trusted: Callable[[Any], bool],
+    what: str,
+    prefixes: Sequence[str] = TRUSTED_PREFIXES,
+    trusted_targets: Sequence[str] = (),
+    dtypes: bool = False,
+) -> list[str]:
+    """What Hydra may call to build ``config`` (a checkpoint's ``key``): each ``_target_`` in it, checked to be
+    ``trusted`` once located (only names under ``prefixes`` are imported to check) or to match one of the
+    caller's ``trusted_targets`` (``"my_lab.nets.*"``), with the canonical name of what it resolves to, and the
+    module of a builder function (Hydra also checks the class of what a builder returns).
+
+    Args:
+        what: what the part is, for the message (``"a network"``).
+        dtypes: also allow ``hydra.utils.get_object`` where it looks up a torch dtype.
+    """
+    allowed = list(trusted_targets)
+    for where, node in target_nodes(config, key):
+        target = node["_target_"]
+        if not isinstance(target, str):
+            raise UserError(f"{where}._target_ is {target!r}, not a dotted name")
+        if _matches(target, trusted_targets):
+            continue  # the caller vouches for it; Hydra still checks what the name resolves to
+        if dtypes and target == GET_OBJECT and _is_dtype(node):
+            allowed += [GET_OBJECT, node["path"]]  # Hydra checks the path it looks up too
+            continue
+        located = _locate(target, prefixes)
+        if located is None or not trusted(located):
+            raise UserError(
+                f"the checkpoint's {where} is built by {target!r}, which is not {what} this package trusts: "
+                f"if you trust the checkpoint, pass trusted_targets=[{target!r}]"
+            )
+        allowed += [target, f"{located.__module__}.{located.__qualname__}"]
+        if not inspect.isclass(located):  # Hydra also checks the class of what a builder returns
+            allowed += [f"{package}*" for package in (*TRUSTED_MODULE_PACKAGES, "image_classification.data.")]
+    return list(dict.fromkeys(allowed))
+
+
+def network_allow_list(config: dict[str, Any], trusted_targets: Sequence[str] = (), key: str = "network") -> list[str]:
+    """:func:`allow_list` for a network config (:func:`is_trusted_network`)."""
+    return allow_list(config, key, is_trusted_network, "a network", TRUSTED_PREFIXES, trusted_targets)
+
+
+def transform_allow_list(config: Any, key: str, trusted_targets: Sequence[str] = ()) -> list[str]:
+    """:func:`allow_list` for preprocessing (:func:`is_trusted_transform`, and dtypes)."""
+    return allow_list(
+        config, key, is_trusted_transform, "a transform", TRANSFORM_PREFIXES, trusted_targets, dtypes=True
+    )
+
+
+def build_trusted(config: Any, allowed: Sequence[str], what: str) -> Any:
+    """``hydra.utils.instantiate(config)`` allowed to call only ``allowed`` (an :func:`allow_list`), also from
+    inside a run's unrestricted policy; a failure is one line naming ``what`` was being built."""
+    with execution_whitelist(list(allowed), reset=True):
+        try:
+            return hydra.utils.instantiate(config, _convert_="all")
+        except Exception as err:
+            message = " ".join(str(err).split())
+            raise UserError(f"{what} could not be rebuilt: {message}") from err
