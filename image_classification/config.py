@@ -6,8 +6,9 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import rich.syntax
 import rich.tree
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.utils import UNSAFE_DISABLE_EXECUTION_CHECKS, execution_whitelist
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from image_classification.data import image_folder_classes, usable_cpus
@@ -121,6 +124,28 @@ def compose(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
         raise UserError(f"{CONFIG_DIR} does not exist: run the commands from a checkout of this project")
     with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR)):
         return hydra.compose(config_name, overrides=list(overrides))
+
+
+def run_command(config_name: str, run: Callable[[DictConfig], Any], doc: str, argv: Sequence[str] | None = None) -> Any:
+    """A ``python -m image_classification.<command> key=value ...`` command: its config
+    (``configs/<config_name>.yaml``) composed with the command line, struct mode on, then ``run(cfg)``; a
+    mistake is one line and exit 1, ``--help`` prints ``doc``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(doc)
+        return None
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_library_noise()
+    try:
+        cfg = compose(argv, config_name)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise UserError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
+        return run(cfg)
+    except (UserError, OmegaConfBaseException, HydraException) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"Error: {user_message(err)}")
 
 
 def instantiate_each(node: DictConfig | None, what: str) -> dict[str, Any]:

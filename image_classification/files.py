@@ -13,7 +13,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     new one; on an error it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # the same suffix as `path`, for writers that go by it (torch.export.save wants `.pt2`)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -101,3 +101,29 @@ class DigitsWithout(torch.utils.data.Dataset):
 
 def read_lines(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+class SaveTestLogits(L.Callback):
+    """Saves the test step's logits, in loader order, and which image each is (``datamodule.example_ids``)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.logits: list[torch.Tensor] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        self.logits.append(outputs["logits"].cpu())
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        ids = trainer.datamodule.example_ids("test")
+        torch.save({"logits": torch.cat(self.logits), "ids": ids}, self.path)
+
+
+class Brighten(nn.Module):
+    """A user's own batch transform: ``(images, labels) -> (images + amount, labels)``."""
+
+    def __init__(self, amount: float):
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, images, *rest):
+        return (images + self.amount, *rest)

@@ -12,9 +12,11 @@ from torch import nn
 from torchvision.transforms import v2
 
 import trainer
-from image_classification import compare, load_network
-from image_classification.config import instantiate
+from image_classification import compare, load_model, load_network
+from image_classification.config import compose, instantiate
+from image_classification.data import Digits
 from image_classification.errors import UserError
+from image_classification.evaluate import evaluate
 from image_classification.evaluation import (
     FeatureCache,
     LogisticRegression,
@@ -120,6 +122,12 @@ SMALL_BACKBONE = (
     "network.backbone.network.strides=[1,1]",
     "network.backbone.network.pool_after=[0]",
 )
+EVALUATE_QUIETLY = [
+    "logger=none",
+    "print_config=false",
+    "++callbacks.rich_progress_bar=null",
+    "++callbacks.rich_model_summary=null",
+]
 REPORT_FIELDS = {
     "benchmark", "dataset", "strategy", "score", "splits", "per_class", "backbone", "command", "overrides",
     "git_commit", "time", "hostname", "device", "versions", "tested_checkpoint", "examples",
@@ -168,6 +176,17 @@ def test_each_strategy_writes_a_full_report(make_config, tmp_path, strategy):
     with torch.no_grad():
         predicted = probe(datamodule.eval_batch_transform(*batch)[0]).argmax(1)
     assert [str(p) for p in predicted.tolist()] == [e["predicted"] for e in report["examples"]]
+    # load_model preprocesses the raw images itself; evaluate tests the checkpoint on images through its backbone
+    model = load_model(report["tested_checkpoint"])
+    predicted = model.predict(Digits().images[ids]).argmax(1).tolist()
+    assert [model.name(p) for p in predicted] == [e["predicted"] for e in report["examples"]]
+    cfg = compose(
+        [f"ckpt_path={report['tested_checkpoint']}", f"paths.output_dir={tmp_path / 'eval'}", *EVALUATE_QUIETLY],
+        "evaluate",
+    )
+    evaluated = evaluate(cfg)["metrics"]
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], abs=1e-4)
 
 
 def test_the_cached_features_are_the_backbones_features_of_the_evaluation_images(make_config):

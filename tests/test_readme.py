@@ -2,6 +2,7 @@
 one of them; each test runs it in a fresh folder that holds trainer.py and configs/, with .venv's python."""
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -41,6 +42,8 @@ def test_the_marked_blocks_exist():
         "load-network",
         "jigsaw-then-classify",
         "linear-eval",
+        "use-a-model",
+        "load-model",
     } <= readme_blocks().keys()
 
 
@@ -86,3 +89,22 @@ def test_linear_evaluation_as_the_readme_shows_it(tmp_path):
     rows = re.findall(r"^linear-eval +(\w+) +JigsawCNN \(as initialized\) +([\d.]+) ", result.stdout, re.MULTILINE)
     assert sorted(strategy for strategy, _ in rows) == ["cached", "logistic"], result.stdout
     assert all(float(top1) > 90 for _, top1 in rows), rows
+
+
+@pytest.mark.slow
+def test_using_a_trained_model_as_the_readme_shows_it(tmp_path):
+    blocks = readme_blocks()
+    env = workspace(tmp_path)
+    run(["bash", "-euo", "pipefail", "-c", blocks["use-a-model"]], tmp_path, env)
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 21 and rows[0].startswith("path,class_1,probability_1")
+    # the files are named <index>_<true class>.png
+    right = sum(row.split(",")[1] == row.split(",")[0].rsplit("_", 1)[1][0] for row in rows[1:])
+    assert right >= 18, rows
+    evaluated = json.loads(next(tmp_path.glob("logs/eval/runs/*/metrics.json")).read_text())
+    assert evaluated["metrics"]["test/acc"] > 0.95 and evaluated["checkpoint"].endswith("last.ckpt")
+    assert (tmp_path / "logs/train/demo/checkpoints/last.onnx").is_file()
+    assert (tmp_path / "logs/train/demo/checkpoints/last.onnx.json").is_file()
+    printed = run([sys.executable, "-c", blocks["load-model"]], tmp_path, env).stdout
+    predicted = ast.literal_eval(printed.strip().splitlines()[-1])
+    assert predicted == [row.split(",")[1] for row in rows[1:]]
