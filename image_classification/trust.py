@@ -136,8 +136,11 @@ def allow_list(
         target = node["_target_"]
         if not isinstance(target, str):
             raise UserError(f"{where}._target_ is {target!r}, not a dotted name")
-        if _matches(target, trusted_targets):
-            continue  # the caller vouches for it; Hydra still checks what the name resolves to
+        if _matches(target, trusted_targets):  # the caller vouches for it, and so for what it resolves to
+            located = _locate(target, (target,))
+            if located is not None and hasattr(located, "__qualname__"):
+                allowed.append(f"{located.__module__}.{located.__qualname__}")
+            continue
         if dtypes and target == GET_OBJECT and _is_dtype(node):
             allowed += [GET_OBJECT, node["path"]]  # Hydra checks the path it looks up too
             continue

@@ -390,3 +390,22 @@ def test_a_transform_of_your_own_is_built_when_you_vouch_for_it(digits_run, tmp_
     expected = model.network(model.preprocess.batch(images))
     assert torch.equal(model.predict(images), expected.detach())
     assert not torch.allclose(model.predict(images), digits_run["logits"]["logits"], atol=1e-3)  # it did brighten
+
+
+def test_a_jigsaw_checkpoint_is_evaluated_with_its_puzzles_once_vouched_for(tmp_path):
+    from conftest import compose_config
+
+    overrides = ["experiment=jigsaw", "trainer.max_epochs=1", "trainer.limit_train_batches=2", *QUICK[1:]]
+    report = trainer.train(compose_config(tmp_path, *overrides), overrides)
+    ckpt = f"ckpt_path={report['tested_checkpoint']}"
+    cfg, data = evaluate_config(tmp_path, ckpt)
+    with pytest.raises(UserError, match=r"pass trusted_targets=\['image_classification.data.Jigsaw'\]"):
+        evaluate(cfg, [], data)
+    # an exact name that is re-exported (image_classification.data.jigsaw.Jigsaw): what it resolves to is vouched too
+    cfg, data = evaluate_config(tmp_path, ckpt, "trusted_targets=[image_classification.data.Jigsaw]")
+    evaluated = evaluate(cfg, [], data)["metrics"]
+    assert evaluated["test/acc"] == pytest.approx(report["metrics"]["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(report["metrics"]["test/loss"], abs=1e-5)
+    # the local data config builds it without vouching
+    cfg, data = evaluate_config(tmp_path, ckpt, "data=jigsaw")
+    assert evaluate(cfg, [], data)["metrics"]["test/acc"] == pytest.approx(report["metrics"]["test/acc"], abs=1e-6)
