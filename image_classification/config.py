@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,28 @@ RUN_CONFIG_POLICY = UNSAFE_DISABLE_EXECUTION_CHECKS
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-@contextlib.contextmanager
-def run_config_policy() -> Iterator[None]:
+class RunConfigPolicy(contextlib.ContextDecorator):
+    """The context (or decorator) a run's own config is instantiated in. A class, not a generator-based context
+    manager, so that a function it decorates pickles (the joblib launcher sends the task to its workers)."""
+
+    def __init__(self) -> None:
+        self._entered: list[Any] = []
+
+    def __enter__(self) -> None:
+        context = execution_whitelist(RUN_CONFIG_POLICY, reset=True)
+        context.__enter__()
+        self._entered.append(context)
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._entered.pop().__exit__(*exc)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_entered": []}
+
+
+def run_config_policy() -> RunConfigPolicy:
     """The context (or decorator) a run's own config is instantiated in."""
-    with execution_whitelist(RUN_CONFIG_POLICY, reset=True):
-        yield
+    return RunConfigPolicy()
 
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:

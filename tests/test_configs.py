@@ -196,8 +196,13 @@ def test_hp_search(make_config, tmp_path, choice):
     assert type(sampler).__name__.endswith("Sampler")
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
     assert all(o.is_sweep_override() for o in parsed)
-    for key in sweeper.params:  # every searched key exists in the composed config
-        assert OmegaConf.select(cfg, key) is not None, key
+    for override in parsed:  # every searched key exists in the composed config, every searched choice as a file
+        key = override.key_or_group
+        if "/" in key:
+            assert key in cfg.hydra.runtime.choices, key
+            assert all((CONFIGS / key / f"{value}.yaml").is_file() for value in override.sweep_string_iterator())
+        else:
+            assert OmegaConf.select(cfg, key) is not None, key
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))

@@ -1,8 +1,12 @@
 """The Optuna sweep as a user runs it: failed trials are recorded and skipped, a second run continues."""
 
+import csv
 import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -31,7 +35,7 @@ def sweep(cwd, *overrides):
 
 
 def study(cwd, study_name):
-    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{cwd}/logs/optuna-digits.db")
+    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{cwd}/logs/optuna-{study_name}.db")
 
 
 def states(cwd, study_name):
@@ -94,3 +98,97 @@ def test_a_linear_evaluation_sweep_extracts_the_features_once(tmp_path):
     ).trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert len({t.params["optimizer.lr"] for t in trials}) == 3
+
+
+def write_hp_search(tmp_path, name, text):
+    """A search of the user's own in --config-dir, built on the shipped digits_optuna."""
+    folder = tmp_path / "my_configs" / "hp_search"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(f"# @package _global_\ndefaults:\n  - digits_optuna\n{text}")
+    return [f"--config-dir={folder.parent}", f"hp_search={name}"]
+
+
+def test_a_clearly_worse_trial_is_pruned_and_the_sweep_reports_every_trial(tmp_path):
+    # Everything fixed: two trials at lr 3e-3 (the same run twice), then one at lr 1e-9, which learns nothing:
+    # after its first epoch its validation NLL is far above the median of the two before it at that epoch.
+    search = write_hp_search(
+        tmp_path,
+        "prune",
+        "hydra:\n  sweeper:\n    study_name: prune\n    params:\n      optimizer.weight_decay: 0.01\n"
+        "      loss.label_smoothing: 0.0\n      network.dropout: 0.1\n      data.batch_size: 64\n",
+    )
+    pruner = ["callbacks.pruning.pruner.n_startup_trials=2", "callbacks.pruning.pruner.n_warmup_steps=0"]
+    settings = [*search, *pruner, "trainer.max_epochs=3", "scheduler=none", "print_config=false", "logger=none"]
+    for lr, trials in (("3.0e-3", 2), ("1.0e-9", 1)):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "trainer.py"), "--multirun", *settings, f"optimizer.lr={lr}",
+             f"hydra.sweeper.n_trials={trials}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = study(tmp_path, "prune").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert [len(t.intermediate_values) for t in trials] == [3, 3, 1]  # reported after each epoch; pruned after one
+    assert trials[2].intermediate_values[0] > 2 * trials[0].intermediate_values[0]
+    assert not (Path(trials[2].user_attrs["run_dir"]) / "metrics.json").exists()  # stopped, never tested
+    assert "Trial 2 pruned after epoch 0: val/nll=" in result.stdout + result.stderr
+    sweep_dir = max(tmp_path.glob("logs/train/multiruns/*"))
+    rows = list(csv.DictReader((sweep_dir / "trials.csv").open()))
+    assert [(int(r["number"]), r["state"]) for r in rows] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "PRUNED")]
+    assert float(rows[0]["value"]) == pytest.approx(trials[0].value)
+    assert f"Best trial 0: value {trials[0].value:.6g}" in result.stdout + result.stderr
+    assert "Error executing job" not in result.stdout + result.stderr  # pruning is not an error
+    for plot in ("optimization_history", "parallel_coordinate"):
+        assert (sweep_dir / f"{plot}.png").stat().st_size > 10_000
+
+
+def running_sweep(tmp_path, name, epochs):
+    """A sweep whose trials train for ``epochs``, started in the background; returns it once its first trial runs."""
+    search = write_hp_search(tmp_path, name, f"hydra:\n  sweeper:\n    study_name: {name}\n    n_trials: 3\n")
+    before = set(tmp_path.glob("logs/train/multiruns/*"))
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "trainer.py"), "--multirun", *search, f"trainer.max_epochs={epochs}",
+         "print_config=false", "logger=none"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        started = set(tmp_path.glob("logs/train/multiruns/*")) - before
+        if any((d / "0" / "checkpoints" / "last.ckpt").exists() for d in started):  # its first trial is training
+            return process, search
+    process.kill()
+    raise AssertionError(process.communicate()[0][-3000:])
+
+
+def test_sigterm_stops_the_sweep_and_a_killed_sweeps_trial_is_failed_when_it_starts_again(tmp_path):
+    process, search = running_sweep(tmp_path, "stop", epochs=300)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode != 0
+    assert "Sweep stopped: trials [0] marked FAIL" in output, output[-3000:]
+    assert [t.state.name for t in study(tmp_path, "stop").trials] == ["FAIL"]  # and no further trial started
+    assert len(list(tmp_path.glob("logs/train/multiruns/*/trials.csv"))) == 1
+
+    process, _ = running_sweep(tmp_path, "stop", epochs=300)
+    process.kill()  # SIGKILL: nothing can record anything; the trial stays RUNNING
+    process.wait()
+    assert [t.state.name for t in study(tmp_path, "stop").trials] == ["FAIL", "RUNNING"]
+    again = sweep(tmp_path, *search, "hydra.sweeper.n_trials=1")
+    assert "Trials [1] were left RUNNING by a sweep that stopped: marked FAIL" in again.stdout + again.stderr
+    assert [t.state.name for t in study(tmp_path, "stop").trials] == ["FAIL", "FAIL", "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_two_workers_run_a_sweep_in_parallel(tmp_path):
+    result = sweep(
+        tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=4", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+    )  # fmt: skip
+    trials = study(tmp_path, "digits").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    # two at a time: each batch's trials overlap in time
+    for first, second in ((trials[0], trials[1]), (trials[2], trials[3])):
+        assert first.datetime_start < second.datetime_complete and second.datetime_start < first.datetime_complete
+    assert "Study digits: 4 trials, 4 COMPLETE" in result.stdout + result.stderr
+    assert "…" not in result.stdout + result.stderr  # the table of trials is printed whole

@@ -1,0 +1,187 @@
+"""The Optuna sweeper of ``hydra-optuna-sweeper`` (its search-space syntax, samplers and batches of ``n_jobs``
+trials launched together), and what it lacks:
+
+- each job is told its trial (``trial={number, study_name, storage}``), so its run can report to it and be
+  pruned (``image_classification.sweeps.pruning``); a pruned trial is recorded as PRUNED, not FAIL;
+- a trial left RUNNING by a sweep on this machine that is no longer alive (killed, crashed) is marked FAIL
+  when a sweep of the study starts again;
+- Ctrl-C or SIGTERM stops the sweep: the trials of the batch that was running are marked FAIL, the report is
+  written, and no further trial starts;
+- a journal file (``journal:///shared/study.log``) as storage, for machines that share a file system;
+- at the end, the table of all the study's trials (printed, and ``trials.csv``) and its plots.
+"""
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from image_classification.sweeps.report import write_report
+from image_classification.sweeps.storage import open_storage, storage_file
+
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_abandoned_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose sweep ran on this machine and is gone; returns their numbers. Trials of
+    sweeps on other machines are left alone: they may be running."""
+    failed = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner_host, _, pid = str(trial.user_attrs.get("sweeper", "")).rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed.append(trial.number)
+    if failed:
+        log.warning(f"Trials {failed} were left RUNNING by a sweep that stopped: marked FAIL")
+    return failed
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the sweep as Ctrl-C does (a KeyboardInterrupt), not by killing it between two trials."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class StudySweeper(OptunaSweeperImpl):
+    """See the module's docstring. Takes the upstream sweeper's settings, with ``storage`` a URL or ``journal:///``."""
+
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None = None,
+        params: Any = None,
+    ):
+        sampler = instantiate(
+            sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+        )
+        super().__init__(
+            sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, custom_search_space, params
+        )
+        self.storage_url = storage
+
+    def _study(self, arguments: list[str]) -> tuple[optuna.Study, dict[str, Any], dict[str, Any], list[str]]:
+        """The study (created, or continued), and the search space of ``params`` and the command line."""
+        self._process_searchspace_config()
+        lines = [*self._parse_sweeper_params_config(), *arguments]
+        distributions, fixed_params, fixed_overrides = create_params_from_overrides(lines)
+        for name in fixed_params:
+            distributions.pop(name, None)
+        path = storage_file(self.storage_url)
+        if path is not None:  # SQLite creates the file, not its folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=open_storage(self.storage_url),
+            sampler=self.sampler,
+            directions=self._get_directions(),
+            load_if_exists=True,
+        )
+        log.info(f"Study {study.study_name} in {self.storage_url or 'memory'}: {len(study.trials)} trials so far")
+        return study, distributions, fixed_params, fixed_overrides
+
+    def sweep(self, arguments: list[str]) -> None:
+        study, distributions, fixed_params, fixed_overrides = self._study(arguments)
+        fail_abandoned_trials(study)
+        storage = self.storage_url if isinstance(self.storage_url, str) else None
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        to_go = self.n_trials
+        try:
+            with sigterm_interrupts():
+                while to_go > 0:
+                    trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
+                    for trial in trials:
+                        trial.set_user_attr("sweeper", owner)
+                    overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
+                    if storage is not None:  # the job reports to its trial through the storage
+                        overrides = [
+                            (
+                                *lines,
+                                f"++trial={{number:{t.number},study_name:{_quoted(study.study_name)},"
+                                f"storage:{_quoted(storage)}}}",
+                            )
+                            for lines, t in zip(overrides, trials, strict=True)
+                        ]
+                    try:
+                        returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                    except (KeyboardInterrupt, SystemExit):
+                        for trial in trials:
+                            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                        log.warning(
+                            f"Sweep stopped: trials {[t.number for t in trials]} marked FAIL; run the same command "
+                            "again to continue the study"
+                        )
+                        raise
+                    self.job_idx += len(returns)
+                    self._tell(study, trials, returns)
+                    to_go -= len(trials)
+        finally:
+            best = write_report(study, self.config.hydra.sweep.dir)
+            if best:
+                OmegaConf.save(
+                    OmegaConf.create({"name": "optuna", **best}),
+                    Path(self.config.hydra.sweep.dir) / "optimization_results.yaml",
+                )
+
+    def _tell(self, study: optuna.Study, trials: list[optuna.Trial], returns: list[Any]) -> None:
+        """Record each job's outcome: its value, PRUNED, or FAIL (an error, or a NaN value); stop when more than
+        ``max_failure_rate`` of the batch failed."""
+        failures = []
+        for trial, job in zip(trials, returns, strict=True):
+            trial.set_user_attr("run_dir", str(job.hydra_cfg.hydra.runtime.output_dir) if job.hydra_cfg else None)
+            if isinstance(getattr(job, "_return_value", None), optuna.TrialPruned):  # not an error to report
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            try:
+                value = float(job.return_value)
+            except Exception as err:  # the job raised, or returned no number
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning(f"Trial {trial.number} failed: {type(err).__name__}: {err}")
+                failures.append(err)
+                continue
+            frozen = study.tell(trial, values=[value])  # Optuna records a NaN value as FAIL
+            if frozen.state == TrialState.FAIL:
+                failures.append(ValueError(f"trial {trial.number} returned {value}"))
+        if failures and len(failures) / len(returns) > self.max_failure_rate:
+            raise RuntimeError(
+                f"{len(failures)} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate}): "
+                f"{failures[0]}"
+            ) from failures[0]
