@@ -30,10 +30,11 @@ lint: $(STAMP)  ## ruff lint and format check
 format: $(STAMP)  ## ruff fix and format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-bench: $(STAMP)  ## framework overhead against plain PyTorch, ResNet-50 training throughput, linear evaluation
+bench: $(STAMP)  ## framework overhead against plain PyTorch, ResNet-50 throughput, linear evaluation, sweeps
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/linear_eval.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:  ## remove the virtual environment and caches (keeps logs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

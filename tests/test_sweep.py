@@ -180,15 +180,36 @@ def test_sigterm_stops_the_sweep_and_a_killed_sweeps_trial_is_failed_when_it_sta
 
 
 @pytest.mark.slow
-def test_two_workers_run_a_sweep_in_parallel(tmp_path):
+def test_two_joblib_jobs_run_a_batch_of_trials_in_parallel(tmp_path):
     result = sweep(
-        tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=4", "hydra/launcher=joblib",
+        tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
     )  # fmt: skip
-    trials = study(tmp_path, "digits").trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
-    # two at a time: each batch's trials overlap in time
-    for first, second in ((trials[0], trials[1]), (trials[2], trials[3])):
-        assert first.datetime_start < second.datetime_complete and second.datetime_start < first.datetime_complete
-    assert "Study digits: 4 trials, 4 COMPLETE" in result.stdout + result.stderr
+    first, second = study(tmp_path, "digits").trials
+    assert first.state.name == second.state.name == "COMPLETE"
+    assert first.datetime_start < second.datetime_complete and second.datetime_start < first.datetime_complete
+    assert "Study digits: 2 trials, 2 COMPLETE" in result.stdout + result.stderr
     assert "…" not in result.stdout + result.stderr  # the table of trials is printed whole
+
+
+def test_two_worker_processes_share_one_study(tmp_path):
+    command = [sys.executable, "-m", "image_classification.sweeps", "--workers", "2", "hp_search=digits_optuna",
+               "hydra.sweeper.n_trials=5", *QUICK]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=readme_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 workers on study digits" in result.stdout
+    trials = study(tmp_path, "digits").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5, "the workers sampled the same points"
+    workers = {t.user_attrs["sweeper"] for t in trials}
+    assert len(workers) == 2  # 3 trials by one worker, 2 by the other
+    sweep_dirs = sorted(tmp_path.glob("logs/train/multiruns/*"))
+    assert len(sweep_dirs) == 3 and sweep_dirs[-1].name.endswith("_study")  # one per worker, and the report
+    assert len((sweep_dirs[-1] / "trials.csv").read_text().splitlines()) == 6
+
+
+def readme_env():
+    """The environment with this checkout importable, as `python -m image_classification...` needs it."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
