@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,8 @@ from image_classification.files import atomic_path
 from image_classification.runs import checkpoint_val_metrics
 
 log = logging.getLogger(__name__)
+# The config sections whose values the HParams tab shows: what a sweep searches, and what tells runs apart.
+SETTINGS = ("data", "network", "loss", "optimizer", "scheduler", "module", "trainer", "seed", "task_name")
 
 
 class DisableDropout(L.Callback):
@@ -173,4 +176,51 @@ class EvaluationReport(L.Callback):
         low, high = score["ci95"]
         log.info(
             f"Report:          {self.path} (top-1 {100 * score['top1']:.2f}%, 95% CI {100 * low:.2f}-{100 * high:.2f})"
+        )
+
+
+def flat_settings(config: dict, sections: Sequence[str], prefix: str = "") -> dict[str, str | int | float | bool]:
+    """The scalar settings of ``sections`` of a resolved config, by dotted key; lists as text."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if not prefix and key not in sections:
+            continue
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, sections, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        elif isinstance(value, list | tuple) and all(isinstance(v, bool | int | float | str) for v in value):
+            flat[name] = str(list(value))
+    return flat
+
+
+class HParams(L.Callback):
+    """TensorBoard's HParams tab with real results: after the test, the run's settings (the scalar values of the
+    config ``sections``) against the best ``val/acc``, the test accuracy and the test loss, as ``hp/*``
+    metrics. ``tensorboard --logdir <sweep directory>`` then compares every trial of a sweep side by side."""
+
+    def __init__(self, sections: Sequence[str] = SETTINGS):
+        self.sections = list(sections)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
+        metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
+        if logger is None or metadata is None or not trainer.is_global_zero:
+            return
+        tested = checkpoint_val_metrics(trainer.ckpt_path)[0] if trainer.ckpt_path else {}
+        best = tested.get(
+            "val/acc_best", float(pl_module.val_acc_best.compute()) if hasattr(pl_module, "val_acc_best") else None
+        )
+        results = {
+            "hp/val_acc_best": best,
+            **{
+                f"hp/{k.replace('test/', 'test_')}": float(trainer.callback_metrics[k])
+                for k in ("test/acc", "test/loss")
+                if k in trainer.callback_metrics
+            },
+        }
+        metrics = {k: v for k, v in results.items() if v is not None}
+        logger.log_hyperparams(
+            flat_settings(metadata["config"], self.sections), metrics=metrics, step=trainer.global_step
         )

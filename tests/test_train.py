@@ -345,3 +345,22 @@ def test_objective_names_missing_metrics_and_rejects_nan():
         trainer.objective(report, "val/accuracy")
     with pytest.raises(trainer.UserError, match="NaN"):
         trainer.objective(report, "val/loss")
+
+
+def test_tensorboard_hparams_hold_the_runs_real_results(make_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg = make_config("logger=tensorboard", "trainer.max_epochs=2", "optimizer.lr=0.0042")
+    report = trainer.train(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.0042)
+    assert start.hparams["network._target_"].string_value == "image_classification.networks.SmallCNN"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"hp/val_acc_best", "hp/test_acc", "hp/test_loss"}
+    (test_acc,) = events.Scalars("hp/test_acc")
+    assert test_acc.value == pytest.approx(report["metrics"]["test/acc"], abs=1e-6)
+    (best,) = events.Scalars("hp/val_acc_best")
+    assert best.value == pytest.approx(report["metrics"]["val/acc_best"], abs=1e-6) and 0 < best.value <= 1

@@ -75,7 +75,7 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-class StudySweeper(OptunaSweeperImpl):
+class StudySweeperImpl(OptunaSweeperImpl):
     """See the module's docstring. Takes the upstream sweeper's settings, with ``storage`` a URL or ``journal:///``."""
 
     def __init__(
