@@ -111,11 +111,13 @@ def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
         cause = _root_cause(err)
         if isinstance(cause, UserError):
             raise cause from None
-        if isinstance(cause, ImportError) or "Error locating target" in str(err):
+        if "Error locating target" in str(err):
             raise UserError(
                 f"{what}: _target_ {target!r} does not import ({one_line(cause)}); check the spelling, "
                 "and that its module is on PYTHONPATH"
             ) from None
+        if isinstance(cause, ImportError):  # the target imports, but needs a package that is not installed
+            raise UserError(f"{what} needs a package that is not installed: {one_line(cause)}") from None
         raise UserError(
             f"{what}: {type(cause).__name__}: {one_line(cause)} (HYDRA_FULL_ERROR=1 shows the traceback)"
         ) from None

@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from image_classification.config import instantiate, instantiate_each
+from image_classification.errors import UserError
 
 GROUPS = [
     "data",
@@ -171,9 +172,22 @@ def test_trainer(make_config, choice):
     assert str(trainer.precision) == cfg.trainer.precision
 
 
+# Loggers whose package is optional: without it, the choice fails in one line that says what to install.
+OPTIONAL_LOGGERS = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
 @pytest.mark.parametrize("group", ["callbacks", "logger"])
 def test_callbacks_and_loggers(make_config, group):
+    import importlib.util
+
     for choice in choices(group):
+        package = OPTIONAL_LOGGERS.get(choice) if group == "logger" else None
+        if package and importlib.util.find_spec(package) is None:
+            with pytest.raises(
+                UserError, match=rf"logger {choice} needs a package that is not installed: .*pip install"
+            ):
+                instantiate_each(make_config(f"{group}={choice}")[group], group)
+            continue
         objects = instantiate_each(make_config(f"{group}={choice}")[group], group)
         assert (len(objects) == 0) == (choice == "none"), choice
 
