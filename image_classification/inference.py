@@ -105,10 +105,9 @@ class Model:
 
     def to(self, device: str | torch.device) -> "Model":
         self.network.to(device)
-        for transform in (self.preprocess.batch_transform,):
-            for _, part in transform_tree("", transform):
-                if isinstance(part, nn.Module):
-                    part.to(device)
+        for _, part in transform_tree("", self.preprocess.batch_transform):
+            if isinstance(part, nn.Module):
+                part.to(device)
         return self
 
     @torch.inference_mode()
@@ -116,7 +115,11 @@ class Model:
         """The logits for ``images`` (PIL images, or uint8 tensors: a list, or one N x C x H x W tensor), in
         their order. Images that the per-image transforms leave in different sizes go through the network in
         one batch per size."""
-        tensors = [self.preprocess.image(image) for image in images]
+        return self.logits([self.preprocess.image(image) for image in images])
+
+    @torch.inference_mode()
+    def logits(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The logits of images already through the per-image transforms, in their order: one batch per size."""
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, tensor in enumerate(tensors):
             by_size.setdefault(tuple(tensor.shape), []).append(i)

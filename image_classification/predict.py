@@ -12,7 +12,6 @@ import glob
 import json
 import logging
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -92,24 +91,25 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     predictions, unreadable = {}, []
     for items in track(loader, description=f"Classifying {len(files)} images", transient=True):
-        by_size = defaultdict(list)  # a preprocessing without a crop leaves images of several sizes
+        readable = []
         for index, image, reason in items:
             if reason is not None:
                 log.warning(f"Cannot read {files[index]}: {reason}")
                 unreadable.append({"path": str(files[index]), "reason": reason})
             else:
-                by_size[tuple(image.shape)].append((index, image))
-        for group in by_size.values():
-            probabilities = model.forward_batch(torch.stack([image for _, image in group])).float().softmax(dim=1)
-            top = probabilities.topk(min(cfg.top_k, probabilities.shape[1]), dim=1)
-            for (index, _), values, classes in zip(group, top.values.tolist(), top.indices.tolist(), strict=True):
-                predictions[index] = {
-                    "path": str(files[index]),
-                    "top_k": [
-                        {"class": model.name(c), "index": c, "probability": round(p, 6)}
-                        for c, p in zip(classes, values, strict=True)
-                    ],
-                }
+                readable.append((index, image))
+        if not readable:
+            continue
+        probabilities = model.logits([image for _, image in readable]).float().softmax(dim=1)
+        top = probabilities.topk(min(cfg.top_k, probabilities.shape[1]), dim=1)
+        for (index, _), values, classes in zip(readable, top.values.tolist(), top.indices.tolist(), strict=True):
+            predictions[index] = {
+                "path": str(files[index]),
+                "top_k": [
+                    {"class": model.name(c), "index": c, "probability": round(p, 6)}
+                    for c, p in zip(classes, values, strict=True)
+                ],
+            }
     result = {
         "checkpoint": str(cfg.ckpt),
         "predictions": [predictions[i] for i in sorted(predictions)],

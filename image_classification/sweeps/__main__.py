@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from image_classification.config import CONFIG_DIR, user_message
 from image_classification.errors import UserError
+from image_classification.sweeps.storage import create_study
 
 TRAINER = CONFIG_DIR.parent / "trainer.py"
 
@@ -45,7 +46,7 @@ def worker_commands(overrides: list[str], workers: int) -> tuple[list[list[str]]
         "seed": sweeper.sampler.get("seed") or 0,
         "storage": sweeper.storage,
         "study_name": sweeper.study_name,
-        "direction": sweeper.direction,
+        "directions": [sweeper.direction] if isinstance(sweeper.direction, str) else list(sweeper.direction),
         "report_dir": Path(cfg.paths.log_dir) / cfg.task_name / "multiruns",
     }
     commands = [
@@ -63,23 +64,6 @@ def worker_commands(overrides: list[str], workers: int) -> tuple[list[list[str]]
     return commands, settings
 
 
-def create_study(settings: dict) -> None:
-    import optuna
-
-    from image_classification.sweeps.storage import open_storage, storage_file
-
-    path = storage_file(settings["storage"])
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    direction = settings["direction"]
-    optuna.create_study(
-        study_name=settings["study_name"],
-        storage=open_storage(settings["storage"]),
-        directions=[direction] if isinstance(direction, str) else list(direction),
-        load_if_exists=True,
-    )
-
-
 def run(workers: int, overrides: list[str]) -> int:
     """Start the workers, wait for them, stop them all on Ctrl-C or SIGTERM; returns the exit code."""
     commands, settings = worker_commands(overrides, workers)
@@ -87,7 +71,8 @@ def run(workers: int, overrides: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // len(commands)))}
     print(f"{len(commands)} workers on study {settings['study_name']} ({settings['storage']}), "
           f"{env['OMP_NUM_THREADS']} core(s) each", flush=True)  # fmt: skip
-    create_study(settings)  # once, before the workers: two creating one SQLite file at once collide
+    # the study is created once, here: two workers creating one SQLite file at once collide
+    create_study(settings["storage"], settings["study_name"], settings["directions"])
     processes = [subprocess.Popen(command, env=env) for command in commands]
 
     def stop(signum: int, frame: object) -> None:

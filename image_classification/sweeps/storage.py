@@ -51,3 +51,20 @@ def continued_seed(seed: int, storage: str | None, study_name: str | None) -> in
     except KeyError:  # no study of that name yet
         return seed
     return seed + len(study.trials)
+
+
+def create_study(storage: str | None, study_name: str | None, directions: list[str], sampler: Any = None) -> Any:
+    """The study ``study_name`` in ``storage``, created (with the folder an SQLite or journal file needs: SQLite
+    creates the file, not its folder) or opened when it exists."""
+    import optuna
+
+    path = storage_file(storage)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        study_name=study_name,
+        storage=open_storage(storage),
+        sampler=sampler,
+        directions=directions,
+        load_if_exists=True,
+    )

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from image_classification.sweeps.report import write_report
-from image_classification.sweeps.storage import open_storage, storage_file
+from image_classification.sweeps.storage import create_study
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(lines)
         for name in fixed_params:
             distributions.pop(name, None)
-        path = storage_file(self.storage_url)
-        if path is not None:  # SQLite creates the file, not its folder
-            path.parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=open_storage(self.storage_url),
-            sampler=self.sampler,
-            directions=self._get_directions(),
-            load_if_exists=True,
-        )
+        study = create_study(self.storage_url, self.study_name, self._get_directions(), self.sampler)
         log.info(f"Study {study.study_name} in {self.storage_url or 'memory'}: {len(study.trials)} trials so far")
         return study, distributions, fixed_params, fixed_overrides
 
