@@ -122,8 +122,9 @@ class ClassificationModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self._step(batch, "train")[0]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The logits, for callbacks that look at predictions (``on_validation_batch_end``'s outputs)."""
+        return {"logits": self._step(batch, "val")[1].detach()}
 
     def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """The logits, for callbacks that report per-image predictions (``on_test_batch_end``'s outputs)."""
