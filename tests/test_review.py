@@ -47,8 +47,7 @@ def test_a_run_shows_its_inputs_confusion_matrices_mistakes_and_speed(make_confi
         expected[names.index(example["label"]), names.index(example["predicted"])] += 1
     assert int(expected.sum()) == evaluation["score"]["n"]
     right, total = int(expected.trace()), int(expected.sum())
-    tested = Path(report["tested_checkpoint"]).name
-    title = f"test, checkpoint {tested}: {right} of {total} images right ({100 * right / total:.2f}%)"
+    title = f"test: {right}/{total} right ({100 * right / total:.2f}%)"
     (test,) = log.Images("test/confusion_matrix")
     assert torch.equal(picture(test), confusion_image(expected, names, title))
     (bars,) = log.Images("test/acc_per_class")

@@ -118,7 +118,7 @@ def test_a_clearly_worse_trial_is_pruned_and_the_sweep_reports_every_trial(tmp_p
         "      loss.label_smoothing: 0.0\n      network.dropout: 0.1\n      data.batch_size: 64\n",
     )
     pruner = ["callbacks.pruning.pruner.n_startup_trials=2", "callbacks.pruning.pruner.n_warmup_steps=0"]
-    settings = [*search, *pruner, "trainer.max_epochs=3", "scheduler=none", "print_config=false", "logger=none"]
+    settings = [*search, *pruner, "trainer.max_epochs=3", "scheduler=none", "print_config=false"]
     for lr, trials in (("3.0e-3", 2), ("1.0e-9", 1)):
         result = subprocess.run(
             [sys.executable, str(ROOT / "trainer.py"), "--multirun", *settings, f"optimizer.lr={lr}",
@@ -140,6 +140,30 @@ def test_a_clearly_worse_trial_is_pruned_and_the_sweep_reports_every_trial(tmp_p
     assert "Error executing job" not in result.stdout + result.stderr  # pruning is not an error
     for plot in ("optimization_history", "parallel_coordinate"):
         assert (sweep_dir / f"{plot}.png").stat().st_size > 10_000
+    # TensorBoard's HParams tab: every trial, the pruned one too, with the settings the trial set, and results.
+    searched = {"optimizer.lr", "optimizer.weight_decay", "loss.label_smoothing", "network.dropout", "data.batch_size"}
+    for trial in trials:
+        settings, results = hparams(Path(trial.user_attrs["run_dir"]) / "tensorboard")
+        assert set(settings) == searched | {"trainer.max_epochs"}
+        assert settings["optimizer.lr"] == pytest.approx(1e-9 if trial.number == 2 else 3e-3)
+        assert 0 <= results["hp/val_acc_best"] <= 1
+        assert ("hp/test_acc" in results) == (trial.state.name == "COMPLETE")
+
+
+def hparams(directory: Path) -> tuple[dict, dict]:
+    """A run's HParams, read back from its event files: its settings, and its ``hp/*`` results."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(directory)).Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    # TensorBoard takes a directory's columns from the first run it reads: every trial declares every metric
+    assert [m.name.tag for m in experiment.metric_infos] == ["hp/val_acc_best", "hp/test_acc", "hp/test_loss"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    settings = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
+    results = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hp/")}
+    return settings, results
 
 
 def running_sweep(tmp_path, name, epochs):

@@ -351,8 +351,8 @@ def test_tensorboard_hparams_hold_the_runs_real_results(make_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    cfg = make_config("logger=tensorboard", "trainer.max_epochs=2", "optimizer.lr=0.0042")
-    report = trainer.train(cfg)
+    overrides = ["logger=tensorboard", "trainer.max_epochs=2", "optimizer.lr=0.0042"]
+    report = trainer.train(make_config(*overrides), overrides=overrides)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
+from torch.utils.tensorboard.summary import hparams
 
 from image_classification.checkpoint import RunMetadata, save_feature_extractor
 from image_classification.data.datamodule import transform_tree
@@ -21,6 +22,8 @@ from image_classification.runs import checkpoint_val_metrics
 
 log = logging.getLogger(__name__)
 # The config sections whose values the HParams tab shows: what a sweep searches, and what tells runs apart.
+# HParams' results: the best val/acc, the test accuracy and loss.
+HP_METRICS = ("hp/val_acc_best", "hp/test_acc", "hp/test_loss")
 SETTINGS = ("data", "network", "loss", "optimizer", "scheduler", "module", "trainer", "seed", "task_name")
 
 
@@ -198,12 +201,26 @@ def flat_settings(config: dict, sections: Sequence[str], prefix: str = "") -> di
 class HParams(L.Callback):
     """TensorBoard's HParams tab with real results: after the test, the run's settings (the scalar values of the
     config ``sections``) against the best ``val/acc``, the test accuracy and the test loss, as ``hp/*``
-    metrics. ``tensorboard --logdir <sweep directory>`` then compares every trial of a sweep side by side."""
+    metrics. ``tensorboard --logdir <sweep directory>`` then compares every trial of a sweep side by side.
+
+    A sweep's trial shows only the settings its command line set (the searched parameters, which TensorBoard
+    would otherwise bury among the hundred that every trial shares), and a pruned trial shows up too, with
+    the best ``val/acc`` it reached and no test results.
+    """
 
     def __init__(self, sections: Sequence[str] = SETTINGS):
         self.sections = list(sections)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from optuna import TrialPruned  # only where a run ends early
+
+        if isinstance(exception, TrialPruned):
+            self._log(trainer, pl_module)
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
         metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
         if logger is None or metadata is None or not trainer.is_global_zero:
@@ -212,15 +229,22 @@ class HParams(L.Callback):
         best = tested.get(
             "val/acc_best", float(pl_module.val_acc_best.compute()) if hasattr(pl_module, "val_acc_best") else None
         )
-        results = {
-            "hp/val_acc_best": best,
-            **{
-                f"hp/{k.replace('test/', 'test_')}": float(trainer.callback_metrics[k])
-                for k in ("test/acc", "test/loss")
-                if k in trainer.callback_metrics
-            },
-        }
-        metrics = {k: v for k, v in results.items() if v is not None}
-        logger.log_hyperparams(
-            flat_settings(metadata["config"], self.sections), metrics=metrics, step=trainer.global_step
-        )
+        results = {"hp/val_acc_best": best}
+        if trainer.state.fn == TrainerFn.TESTING:
+            results.update(
+                {
+                    f"hp/test_{k[5:]}": float(v)
+                    for k, v in trainer.callback_metrics.items()
+                    if k in ("test/acc", "test/loss")
+                }
+            )
+        settings = flat_settings(metadata["config"], self.sections)
+        if metadata["config"].get("trial"):
+            chosen = [o.split("=", 1)[0].lstrip("+~") for o in metadata.get("overrides") or [] if "=" in o]
+            settings = {k: settings[k] for k in chosen if k in settings} or settings
+        logger.log_metrics({k: v for k, v in results.items() if v is not None}, step=trainer.global_step)
+        # Every run declares all three metrics, a pruned one too: TensorBoard takes the columns of a directory
+        # of runs from whichever run it reads first.
+        writer = logger.experiment._get_file_writer()
+        for summary in hparams(settings, dict.fromkeys(HP_METRICS, 0.0)):
+            writer.add_summary(summary, trainer.global_step)

@@ -4,7 +4,6 @@ most confident mistakes, and the run's speed."""
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -102,7 +101,7 @@ class ReviewImages(L.Callback):
         grid = image_grid(
             displayable(images, stats),
             [target_caption(t, names) for t in targets.cpu()],
-            title=f"training inputs, {tuple(images.shape[2:])}, as the network gets them (first batch)",
+            title=f"the first training batch, {images.shape[2]}x{images.shape[3]}, as the network gets it",
         )
         logger.experiment.add_image("train/inputs", grid, global_step=logging_step(trainer))
 
@@ -157,7 +156,7 @@ class ReviewImages(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        when = f"epoch {trainer.current_epoch}" if trainer.state.fn == TrainerFn.FITTING else "validation"
+        when = f"val, epoch {trainer.current_epoch}" if trainer.state.fn == TrainerFn.FITTING else "val"
         self._log_confusion(trainer, pl_module, "val", when)
         logger = tensorboard(trainer)
         if self.wrong and logger is not None and trainer.is_global_zero:
@@ -171,7 +170,7 @@ class ReviewImages(L.Callback):
                 displayable(self.wrong["images"], stats),
                 captions,
                 colors=[WRONG] * len(captions),
-                title=f"the most confident mistakes on the validation set, {when}",
+                title=f"{when}: most confident mistakes",
             )
             logger.experiment.add_image("val/mistakes", grid, global_step=logging_step(trainer))
         self.wrong = {}
@@ -183,8 +182,7 @@ class ReviewImages(L.Callback):
         self._update(outputs, batch)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tested = f"checkpoint {Path(trainer.ckpt_path).name}" if trainer.ckpt_path else "the final weights"
-        self._log_confusion(trainer, pl_module, "test", tested)
+        self._log_confusion(trainer, pl_module, "test", "test")
 
     def _log_confusion(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, when: str) -> None:
         if self.confusion is None:
@@ -200,17 +198,17 @@ class ReviewImages(L.Callback):
         if total == 0:
             return
         right = confusion.diagonal()
-        split = "validation" if stage == "val" else "test"
-        title = f"{split}, {when}: {int(right.sum())} of {total} images right ({100 * int(right.sum()) / total:.2f}%)"
+        # short titles: TensorBoard shrinks an image wider than its card
+        title = f"{when}: {int(right.sum())}/{total} right ({100 * int(right.sum()) / total:.2f}%)"
         step = logging_step(trainer)
         logger.experiment.add_image(f"{stage}/confusion_matrix", confusion_image(confusion, names, title), step)
         present = [i for i in range(len(names)) if support[i] > 0]
         accuracy = {i: float(right[i] / support[i]) for i in present}
         if len(present) > self.max_bars:
             present = sorted(present, key=lambda i: accuracy[i])[: self.max_bars]
-            title = f"{split} accuracy of the {self.max_bars} hardest of {len(names)} classes, {when}"
+            title = f"{when}: accuracy of the {self.max_bars} hardest of {len(names)} classes"
         else:
-            title = f"{split} accuracy per class, {when}"
+            title = f"{when}: accuracy per class"
         bars = bar_chart_image(
             [accuracy[i] for i in present],
             [names[i] for i in present],

@@ -101,7 +101,7 @@ def confusion_image(
 
 
 def bar_chart_image(
-    values: Sequence[float], labels: Sequence[str], notes: Sequence[str] = (), title: str = "", bar_length: int = 320
+    values: Sequence[float], labels: Sequence[str], notes: Sequence[str] = (), title: str = "", bar_length: int = 200
 ) -> torch.Tensor:
     """Horizontal bars, one per label, for values in [0, 1], each followed by its percentage and its note."""
     face = font(12)
