@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -60,9 +61,15 @@ def test_a_run_shows_its_inputs_confusion_matrices_mistakes_and_speed(make_confi
         assert seconds.value > 0 and speed.value * seconds.value >= 1200
 
 
-def test_no_images_without_tensorboard_and_none_for_jigsaw_classes(make_config, tmp_path):
-    trainer.train(make_config("logger=csv", "trainer.max_epochs=1"))
+def test_other_loggers_get_the_settings_and_no_images(make_config, tmp_path):
+    trainer.train(make_config("logger=csv", "trainer.max_epochs=1", "optimizer.lr=0.0042"))
     assert not (tmp_path / "run" / "tensorboard").exists()
+    (hparams,) = (tmp_path / "run" / "csv").rglob("hparams.yaml")
+    settings = yaml.safe_load(hparams.read_text())
+    assert settings["optimizer.lr"] == 0.0042 and settings["network._target_"].endswith("SmallCNN")
+
+
+def test_jigsaw_classes_get_no_confusion_matrix():
     review = ReviewImages(inputs=4, mistakes=4, max_classes=10, max_bars=5)
     module = type("Module", (), {"class_names": ["a", "b"], "per_class_metrics": False})()
     assert review._classes(module) is None

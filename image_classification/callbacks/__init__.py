@@ -203,6 +203,8 @@ class HParams(L.Callback):
     config ``sections``) against the best ``val/acc``, the test accuracy and the test loss, as ``hp/*``
     metrics. ``tensorboard --logdir <sweep directory>`` then compares every trial of a sweep side by side.
 
+    Other loggers get the settings when the run starts.
+
     A sweep's trial shows only the settings its command line set (the searched parameters, which TensorBoard
     would otherwise bury among the hundred that every trial shares), and a pruned trial shows up too, with
     the best ``val/acc`` it reached and no test results.
@@ -210,6 +212,19 @@ class HParams(L.Callback):
 
     def __init__(self, sections: Sequence[str] = SETTINGS):
         self.sections = list(sections)
+        self.settings_logged = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """The settings to every other logger (CSV's hparams.yaml, W&B's config, MLflow's parameters) at the
+        start; TensorBoard gets them with the results."""
+        metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
+        if self.settings_logged or metadata is None:
+            return
+        self.settings_logged = True
+        settings = flat_settings(metadata["config"], self.sections)
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(settings)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module)
