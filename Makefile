@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help train test test-fast lint format bench clean
+.PHONY: help train test test-slow lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## train the default job (digits); pass overrides as ARGS="experiment=mnist ..."
 	$(BIN)/python trainer.py $(ARGS)
 
-test: $(STAMP)  ## the whole test suite, slow tests included (what CI runs)
-	$(BIN)/python -m pytest
-
-test-fast: $(STAMP)  ## the tests not marked slow
+test: $(STAMP)  ## the test suite without the tests marked slow (about 11 minutes on 2 cores)
 	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP)  ## the tests marked slow: whole recipes, the README's longer examples, sweeps (CI runs them too)
+	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -230,6 +230,8 @@ def test_two_worker_processes_share_one_study(tmp_path):
     sweep_dirs = sorted(tmp_path.glob("logs/train/multiruns/*"))
     assert len(sweep_dirs) == 3 and sweep_dirs[-1].name.endswith("_study")  # one per worker, and the report
     assert len((sweep_dirs[-1] / "trials.csv").read_text().splitlines()) == 6
+    # the plots once, of the whole study: not by each worker for its share
+    assert [len(list(d.glob("*.png"))) for d in sweep_dirs] == [0, 0, 3]
 
 
 def readme_env():

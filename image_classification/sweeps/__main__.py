@@ -57,6 +57,7 @@ def worker_commands(overrides: list[str], workers: int) -> tuple[list[list[str]]
             *overrides,
             f"hydra.sweeper.n_trials={n}",
             f"hydra.sweeper.sampler.seed={settings['seed'] + 7919 * i}",
+            "hydra.sweeper.plots=false",  # drawn once, when every worker has finished
         ]  # fmt: skip
         for i, n in enumerate(shares(settings["n_trials"], workers))
         if n > 0

@@ -82,9 +82,9 @@ def draw_plots(study: optuna.Study, directory: Path) -> list[Path]:
     return written
 
 
-def write_report(study: optuna.Study, directory: str | Path) -> dict[str, Any]:
-    """Print the trials, write ``trials.csv`` and the plots to ``directory``; returns the best trial's number,
-    parameters and value (None when no trial finished)."""
+def write_report(study: optuna.Study, directory: str | Path, plots: bool = True) -> dict[str, Any]:
+    """Print the trials, write ``trials.csv`` and (with ``plots``) the plots to ``directory``; returns the best
+    trial's number, parameters and value (None when no trial finished)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study)
@@ -96,7 +96,7 @@ def write_report(study: optuna.Study, directory: str | Path) -> dict[str, Any]:
         writer.writerows(rows)
     if rows:
         print_table(rows, best.number if best else None)
-    plots = draw_plots(study, directory) if completed else []
+    plots = draw_plots(study, directory) if completed and plots else []
     states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     log.info(f"Study {study.study_name}: {len(rows)} trials, " + ", ".join(f"{n} {s}" for s, n in states.items() if n))
     if best is not None:

@@ -89,6 +89,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
         max_failure_rate: float,
         custom_search_space: str | None = None,
         params: Any = None,
+        plots: bool = True,
     ):
         sampler = instantiate(
             sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
@@ -97,6 +98,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
             sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, custom_search_space, params
         )
         self.storage_url = storage
+        self.plots = plots
 
     def _study(self, arguments: list[str]) -> tuple[optuna.Study, dict[str, Any], dict[str, Any], list[str]]:
         """The study (created, or continued), and the search space of ``params`` and the command line."""
@@ -145,7 +147,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
                     self._tell(study, trials, returns)
                     to_go -= len(trials)
         finally:
-            best = write_report(study, self.config.hydra.sweep.dir)
+            best = write_report(study, self.config.hydra.sweep.dir, plots=self.plots)
             if best:
                 OmegaConf.save(
                     OmegaConf.create({"name": "optuna", **best}),
