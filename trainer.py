@@ -22,6 +22,7 @@ from image_classification.config import (
     build_module,
     check_command_line,
     check_trainer,
+    check_types,
     instantiate,
     instantiate_each,
     print_config_tree,
@@ -46,6 +47,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """
     start = time.perf_counter()
     quiet_library_noise()
+    check_types(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = runs.resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if cfg.seed is not None:

@@ -2,11 +2,15 @@
 the execution policy a run's own config runs under, the config tree printed at start, and the resolvers
 the configs use."""
 
+import collections.abc
 import contextlib
+import inspect
 import logging
 import os
 import re
 import sys
+import types
+import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +23,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.utils import UNSAFE_DISABLE_EXECUTION_CHECKS, execution_whitelist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
@@ -69,6 +73,90 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
             f"trainer.accelerator={accelerator} but this machine has no CUDA GPU: use trainer=cpu, "
             "or trainer.accelerator=auto to train on whatever there is"
         )
+
+
+def _expected(annotation: Any) -> list[str] | None:
+    """What an annotation admits, in words, for the types a YAML value can have; None when it admits anything
+    or something this check does not know (a tensor, a path, a class of the library's own)."""
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        words = [_expected(member) for member in typing.get_args(annotation)]
+        return None if any(w is None for w in words) else [w for group in words for w in group]
+    if origin is typing.Literal:
+        return [repr(v) for v in typing.get_args(annotation)]
+    if annotation is type(None):
+        return ["null"]
+    simple = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    if annotation in simple:
+        return [simple[annotation]]
+    if (origin or annotation) in (list, tuple, collections.abc.Sequence):
+        return ["a list"]
+    if (origin or annotation) in (dict, collections.abc.Mapping):
+        return ["a mapping"]
+    return None
+
+
+def _admits(annotation: Any, value: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits(member, value) for member in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return any(value == v and type(value) is type(v) for v in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if (origin or annotation) in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, ListConfig | list | tuple)
+    if (origin or annotation) in (dict, collections.abc.Mapping):
+        return isinstance(value, DictConfig | dict)
+    return True
+
+
+def _annotations(target: str) -> dict[str, Any]:
+    """The parameter annotations of what ``target`` names (a class's ``__init__``); empty when unknown."""
+    try:
+        obj = hydra.utils.get_object(target)
+        function = obj.__init__ if isinstance(obj, type) else obj
+        hints = typing.get_type_hints(function)
+    except Exception:  # not importable (instantiate says so), or annotations that do not evaluate
+        return {}
+    return {k: v for k, v in hints.items() if k != "return"}
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Refuse a value of the wrong type for what its ``_target_`` declares (``trainer.max_epochs=abc``), with
+    one line naming the key, before anything runs: otherwise the library fails mid-run with a traceback."""
+    nodes = [cfg]
+    while nodes:
+        node = nodes.pop()
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        hints = _annotations(target) if isinstance(target, str) else {}
+        for key in node if isinstance(node, DictConfig) else range(len(node)):
+            try:
+                value = node[key]
+            except OmegaConfBaseException:  # a missing value, reported where it is used
+                continue
+            if isinstance(value, DictConfig | ListConfig):
+                nodes.append(value)
+            elif value is None and node.get("_partial_"):  # filled in when the partial is called
+                continue
+            elif isinstance(key, str) and key in hints and not _admits(hints[key], value):
+                expected = _expected(hints[key])
+                if expected:
+                    shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
+                    raise UserError(
+                        f"{node._get_full_key(key)} must be {' or '.join(dict.fromkeys(expected))} "
+                        f"(for {target}), not {shown}"
+                    )
 
 
 def one_line(err: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Every choice of every config group composes and instantiates into a working object."""
 
 import functools
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from image_classification.config import instantiate, instantiate_each
+from image_classification.config import check_types, instantiate, instantiate_each
 from image_classification.errors import UserError
 
 GROUPS = [
@@ -234,3 +235,30 @@ def test_debug_overlay_survives_an_experiment(make_config, experiment, choice):
         for key, value in values.items():
             assert composed[section][key] == value, f"{section}.{key}"
     assert cfg.task_name == "debug"
+
+
+def every_choice():
+    for group in sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "paths")):
+        for choice in choices(group):
+            yield group, choice
+
+
+@pytest.mark.parametrize("group, choice", list(every_choice()))
+def test_every_shipped_value_has_the_type_its_target_declares(make_config, group, choice):
+    base = ["experiment=linear-eval"] if group == "strategy" else []  # a choice of linear evaluation
+    check_types(make_config(*base, f"{group}={choice}"))  # raises on a value its _target_ does not take
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs must be a whole number or null (for lightning.pytorch.Trainer)"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs must be a whole number or null"),
+        ("trainer.deterministic=maybe", "trainer.deterministic must be true or false or 'warn' or null"),
+        ("callbacks.best_checkpoint.save_top_k=one", "callbacks.best_checkpoint.save_top_k must be a whole number"),
+        ("data.val_fraction=some", "data.val_fraction must be a number (for image_classification.DataModule), not the text 'some'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_before_anything_runs(make_config, override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_types(make_config(override))

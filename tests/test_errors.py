@@ -86,6 +86,10 @@ def test_missing_checkpoint(tmp_path):
         ("data.batch_size=0", "data.batch_size must be a positive whole number, got 0"),
         ("experiment=null", "experiment=null is not a choice: use ~experiment to leave it out"),
         ("scheduler.scheduler.warmup_fraction=1.5", "scheduler: warmup_fraction must be in [0, 1), got 1.5"),
+        (
+            "trainer.max_epochs=abc",
+            "trainer.max_epochs must be a whole number or null (for lightning.pytorch.Trainer), not the text 'abc'",
+        ),
     ],
 )
 def test_bad_values_get_one_line_before_anything_is_written(tmp_path, override, expected):
