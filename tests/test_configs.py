@@ -256,7 +256,10 @@ def test_every_shipped_value_has_the_type_its_target_declares(make_config, group
         ("trainer.max_epochs=2.5", "trainer.max_epochs must be a whole number or null"),
         ("trainer.deterministic=maybe", "trainer.deterministic must be true or false or 'warn' or null"),
         ("callbacks.best_checkpoint.save_top_k=one", "callbacks.best_checkpoint.save_top_k must be a whole number"),
-        ("data.val_fraction=some", "data.val_fraction must be a number (for image_classification.DataModule), not the text 'some'"),
+        (
+            "data.val_fraction=some",
+            "data.val_fraction must be a number (for image_classification.DataModule), not the text 'some'",
+        ),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named_before_anything_runs(make_config, override, message):

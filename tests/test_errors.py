@@ -87,8 +87,9 @@ def test_missing_checkpoint(tmp_path):
         ("experiment=null", "experiment=null is not a choice: use ~experiment to leave it out"),
         ("scheduler.scheduler.warmup_fraction=1.5", "scheduler: warmup_fraction must be in [0, 1), got 1.5"),
         (
-            "trainer.max_epochs=abc",
-            "trainer.max_epochs must be a whole number or null (for lightning.pytorch.Trainer), not the text 'abc'",
+            "trainer.log_every_n_steps=often",
+            "trainer.log_every_n_steps must be a whole number or null (for lightning.pytorch.Trainer), not the "
+            "text 'often'",
         ),
     ],
 )
