@@ -4,7 +4,9 @@ the trained network from the file alone, and a resumed run recomposes the config
 
 import datetime
 import importlib.metadata
+import pickle
 import platform
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +128,21 @@ class RunMetadata(L.Callback):
         checkpoint[METADATA_KEY] = {**self.metadata, "epoch": trainer.current_epoch, "val_metrics": metrics}
 
 
+def unreadable(path: Path, err: Exception) -> UserError:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line, without torch's advice to load it with
+    ``weights_only=False`` (which runs whatever the file holds)."""
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if isinstance(err, pickle.UnpicklingError) or blocked:
+        what = f" ({blocked[1]})" if blocked else ""
+        return UserError(
+            f"checkpoint {path} is refused: it holds a pickled Python object{what} that loading would run, and "
+            "such a file can run any code; checkpoints of this framework hold only tensors and plain data"
+        )
+    return UserError(
+        f"checkpoint {path} is not a readable PyTorch checkpoint: it is truncated, corrupt, or another kind of file"
+    )
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint loaded with ``weights_only=True`` (memory-mapped: reading the metadata of a large
     checkpoint costs little); fails clearly if it is not one of ours."""
@@ -134,8 +151,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as err:  # a truncated file, or unsafe pickled objects
-        raise UserError(f"checkpoint {path} cannot be read safely: {' '.join(str(err).split())[:300]}") from None
+    except Exception as err:  # unsafe pickled objects, or a truncated or corrupt file
+        raise unreadable(path, err) from None
     if not isinstance(checkpoint, dict) or METADATA_KEY not in checkpoint:
         raise UserError(f"{path} carries no {METADATA_KEY!r} metadata: it was not written by this framework")
     return checkpoint

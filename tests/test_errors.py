@@ -124,3 +124,39 @@ def test_a_run_prints_no_library_noise(tmp_path):
     for noise in ("litlogger", "LeafSpec", "Trainer already configured", "pin_memory", "TensorBoard:"):
         assert noise not in output, noise
     assert "Test accuracy:" in output
+
+
+class RunsAShellCommand:
+    """What an unsafe checkpoint carries: an object whose unpickling runs a command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused_in_one_line_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save(
+        {"state_dict": {}, "image_classification": {}, "epoch": 0, "x": RunsAShellCommand(marker)},
+        tmp_path / "evil.ckpt",
+    )
+    evaluate = [sys.executable, "-m", "image_classification.evaluate", "ckpt_path=evil.ckpt"]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for result in (
+        run_trainer(tmp_path, "ckpt_path=evil.ckpt"),
+        subprocess.run(evaluate, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment),
+    ):
+        assert_clear_error(result, "evil.ckpt is refused: it holds a pickled Python object (posix.system)")
+        assert len(error_lines(result)) == 1 and "weights_only" not in result.stdout + result.stderr
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_named_in_one_line(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    result = run_trainer(tmp_path, "ckpt_path=cut.ckpt")
+    assert_clear_error(result, "cut.ckpt is not a readable PyTorch checkpoint: it is truncated, corrupt")
+    assert len(error_lines(result)) == 1
