@@ -60,6 +60,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if cfg.fit is None:
         module.check_optimization()
     runs.check_resumable(ckpt_path, cfg.trainer.max_epochs)
+    runs.check_fits(ckpt_path, module)
     check_trainer(cfg.trainer)
     callbacks = instantiate_each(cfg.callbacks, "callback")
     loggers = instantiate_each(cfg.logger, "logger")

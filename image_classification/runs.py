@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from image_classification.checkpoint import METADATA_KEY, read_checkpoint
+from image_classification.checkpoint import FROZEN_KEY, FROZEN_PREFIX, METADATA_KEY, read_checkpoint
 from image_classification.errors import UserError
 from image_classification.files import atomic_path
 
@@ -50,6 +50,30 @@ def check_resumable(ckpt_path: str | None, max_epochs: int | None) -> None:
             f"{ckpt_path} has trained {done} epochs but trainer.max_epochs={max_epochs}: "
             f"set trainer.max_epochs to {done} or more"
         )
+
+
+def check_fits(ckpt_path: str | None, module: Any) -> None:
+    """The checkpoint to resume holds weights of this run's network, key for key and shape for shape: one line
+    saying what differs, before Lightning's page of missing and unexpected keys."""
+    if ckpt_path is None:
+        return
+    checkpoint = read_checkpoint(ckpt_path)
+    saved = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
+    if FROZEN_KEY in checkpoint:  # the frozen backbone is kept beside the checkpoint, not in it
+        saved.update({k: tuple(v.shape) for k, v in module.state_dict().items() if k.startswith(FROZEN_PREFIX)})
+    here = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing, unexpected = sorted(set(here) - set(saved)), sorted(set(saved) - set(here))
+    fix = "resume it with the network settings it was trained with"
+    if missing or unexpected:
+        names = [f"{len(missing)} weights this network has are not in it (first: {missing[0]})"] if missing else []
+        names += [f"{len(unexpected)} in it are not in this network (first: {unexpected[0]})"] if unexpected else []
+        raise UserError(f"{ckpt_path} holds the weights of another network: {'; '.join(names)}; {fix}")
+    for key, shape in here.items():
+        if saved[key] != shape:
+            raise UserError(
+                f"{ckpt_path} does not fit this network: {key} is {list(saved[key])} in it but {list(shape)} here "
+                f"(another number of classes or another size?); {fix}"
+            )
 
 
 def merge_overrides(saved: Sequence[str], new: Sequence[str]) -> list[str]:

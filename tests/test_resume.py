@@ -1,8 +1,14 @@
 """Resuming as a user does it, from the command line: `hydra.run.dir=<run> ckpt_path=last [overrides]`."""
 
+import re
+
+import pytest
 import torch
 import yaml
 from test_errors import assert_clear_error, run_trainer
+
+import trainer
+from image_classification.errors import UserError
 
 QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=none"]
 
@@ -41,3 +47,19 @@ def test_a_resumed_run_takes_its_saved_config_and_a_failed_attempt_changes_nothi
     assert_clear_error(shorter, "has trained 3 epochs but trainer.max_epochs=1")
     assert records(run) == before
     assert step(run) == 9
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("network=resnet18", "holds the weights of another network: 122 weights this network has are not in it"),
+        ("network.widths=[32,64,128]", "does not fit this network: network.features.0.weight is [48, 1, 3, 3] in it"),
+    ],
+)
+def test_resuming_into_another_network_is_one_line_before_anything_runs(make_config, tmp_path, change, message):
+    trainer.train(make_config("trainer.max_epochs=1", *QUICK))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(UserError, match=re.escape(message)):
+        trainer.train(make_config(f"ckpt_path={last}", "trainer.max_epochs=2", change, *QUICK))
+    assert last.read_bytes() == before
