@@ -3,7 +3,7 @@
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -40,6 +40,8 @@ class ClassificationModule(L.LightningModule):
             tables), as the published ResNet, DeiT and Swin recipes do.
         channels_last: train in the channels-last memory format (faster convolutions on recent GPUs).
         compile: ``torch.compile`` the network for training and evaluation: True, or its keyword arguments.
+        nonfinite_loss: what a NaN or infinite training loss does: ``stop`` the run with a message naming the
+            step, or ``skip`` the batch (no update; every process skips it together under DDP).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class ClassificationModule(L.LightningModule):
         decay_norm_and_bias: bool = True,
         channels_last: bool = False,
         compile: bool | Mapping[str, Any] = False,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         self.network = network
@@ -78,6 +81,10 @@ class ClassificationModule(L.LightningModule):
         self.channels_last = channels_last
         self.compile_options = ({} if compile is True else dict(compile)) if compile else None
         self._compiled = None
+        if nonfinite_loss not in ("stop", "skip"):
+            raise UserError(f"module.nonfinite_loss must be stop or skip, not {nonfinite_loss!r}")
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_batches = 0
 
     def setup(self, stage: str) -> None:
         features = getattr(self.trainer.datamodule, "features", None)
@@ -101,6 +108,8 @@ class ClassificationModule(L.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.loss(logits, targets)
+        if stage == "train" and not torch.isfinite(loss.detach()):
+            return loss, logits  # neither logged nor counted: training_step stops the run or skips the batch
         labels = targets.argmax(dim=-1) if targets.ndim > 1 else targets  # soft targets (mixup) score by argmax
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
@@ -118,9 +127,28 @@ class ClassificationModule(L.LightningModule):
             self.test_confusion.update(logits, labels)
         return loss, logits
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return self._step(batch, "train")[0]
+        # A skipped batch must leave no trace: its forward pass also moved the batch-norm statistics.
+        buffers = [b.detach().clone() for b in self.network.buffers()] if self.nonfinite_loss == "skip" else []
+        loss = self._step(batch, "train")[0]
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # one process's NaN stops or skips every process, or DDP would hang
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return loss
+        where = f"step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.nonfinite_loss == "stop":
+            raise UserError(
+                f"the training loss is {float(loss)} at {where}: lower optimizer.lr or set trainer.gradient_clip_val "
+                "(the checkpoints of the epochs before are kept), or skip such batches with module.nonfinite_loss=skip"
+            )
+        for buffer, saved in zip(self.network.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+        self.skipped_batches += 1
+        log.warning(f"Skipped the batch at {where}: its training loss is {float(loss)}")
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=False, on_epoch=True, reduce_fx="max")
+        return None  # Lightning makes no backward pass and no optimizer step for this batch
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """The logits, for callbacks that look at predictions (``on_validation_batch_end``'s outputs)."""

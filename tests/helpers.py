@@ -127,3 +127,27 @@ class Brighten(nn.Module):
 
     def forward(self, images, *rest):
         return (images + self.amount, *rest)
+
+
+class PoisonBatch(L.Callback):
+    """Makes the images of one training batch NaN (``epoch``, ``batch``): what a diverging run feeds the loss.
+    A run that skips such batches must leave the weights as they were: checked after the batch."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+        self.before: list[torch.Tensor] = []
+
+    def _poisoned(self, trainer, batch_idx: int) -> bool:
+        return trainer.current_epoch == self.epoch and batch_idx == self.batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._poisoned(trainer, batch_idx):
+            batch[0].fill_(float("nan"))
+            self.before = [p.detach().clone() for p in pl_module.state_dict().values()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._poisoned(trainer, batch_idx):
+            after = list(pl_module.state_dict().values())
+            assert all(torch.equal(a, b) for a, b in zip(self.before, after, strict=True)), (
+                "a skipped batch changed the weights or the batch-norm statistics"
+            )

@@ -4,6 +4,7 @@ import csv
 import importlib.metadata
 import json
 import math
+import re
 import subprocess
 from types import SimpleNamespace
 
@@ -364,3 +365,28 @@ def test_tensorboard_hparams_hold_the_runs_real_results(make_config, tmp_path):
     assert test_acc.value == pytest.approx(report["metrics"]["test/acc"], abs=1e-6)
     (best,) = events.Scalars("hp/val_acc_best")
     assert best.value == pytest.approx(report["metrics"]["val/acc_best"], abs=1e-6) and 0 < best.value <= 1
+
+
+POISON = ["+callbacks.poison._target_=tests.helpers.PoisonBatch", "+callbacks.poison.epoch=1",
+          "+callbacks.poison.batch=2"]  # fmt: skip
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_epochs_before(make_config, tmp_path):
+    cfg = make_config("trainer.max_epochs=3", *QUICK, *POISON)
+    with pytest.raises(UserError, match=re.escape("the training loss is nan at step 5 (epoch 1, batch 2)")):
+        trainer.train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert read_checkpoint(checkpoints / "last.ckpt")["epoch"] == 0  # the last finished epoch, not the NaN one
+    (best,) = [p for p in checkpoints.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert read_checkpoint(best)["epoch"] == 0
+    assert all(torch.isfinite(w).all() for w in read_checkpoint(best)["state_dict"].values())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_nan_loss_can_skip_its_batch_without_an_update(make_config, tmp_path, caplog):
+    # PoisonBatch checks that the weights after the skipped batch are the weights before it
+    report = trainer.train(make_config("trainer.max_epochs=3", "module.nonfinite_loss=skip", *QUICK, *POISON))
+    assert "Skipped the batch at step 5 (epoch 1, batch 2): its training loss is nan" in caplog.text
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+    assert math.isfinite(report["metrics"]["test/loss"]) and report["metrics"]["test/acc"] > 0
