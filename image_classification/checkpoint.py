@@ -14,10 +14,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from image_classification.errors import UserError
-from image_classification.files import atomic_path
+from image_classification.files import atomic_path, remove_stale_temporaries
 from image_classification.networks.weights import state_digest
 from image_classification.trust import build_trusted, network_allow_list
 
@@ -126,6 +127,27 @@ class RunMetadata(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         checkpoint[METADATA_KEY] = {**self.metadata, "epoch": trainer.current_epoch, "val_metrics": metrics}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written so that none is ever lost or half-written: to a temporary file in the checkpoint's
+    own directory, flushed to the disk, then renamed over the old one. Killed while saving, a run leaves the
+    previous checkpoint whole (the next run in that directory removes the dead process's temporary file); a
+    full disk fails the save with one line and keeps the previous checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # a remote file system: Lightning's own (fsspec) writing
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        if path.parent.is_dir():
+            remove_stale_temporaries(path.parent)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as err:
+            raise UserError(
+                f"could not write the checkpoint {path}: {err.strerror or err}; the checkpoint before it is kept"
+            ) from None
 
 
 def unreadable(path: Path, err: Exception) -> UserError:

@@ -17,6 +17,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        with tmp.open("rb") as written:  # on the disk before it takes the name: a crash leaves old or new
+            os.fsync(written.fileno())
         os.replace(tmp, path)
+        sync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the system allows opening a directory)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_path` writers left in ``directory`` when they were killed
+    (their process is gone); returns them."""
+    removed = []
+    for tmp in Path(directory).glob(".*.*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[0].rsplit(".", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

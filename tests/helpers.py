@@ -151,3 +151,34 @@ class PoisonBatch(L.Callback):
             assert all(torch.equal(a, b) for a, b in zip(self.before, after, strict=True)), (
                 "a skipped batch changed the weights or the batch-norm statistics"
             )
+
+
+class BreakCheckpointSaving(L.Callback):
+    """From epoch ``epoch`` on, every checkpoint save writes half a file, then fails as ``how`` says: ``kill``
+    (the process is killed mid-write, SIGKILL) or ``full`` (the disk is full: OSError ENOSPC)."""
+
+    def __init__(self, epoch: int, how: str):
+        self.epoch, self.how = epoch, how
+        self.save = torch.save
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            torch.save = self.broken
+
+    def broken(self, obj, f, *args, **kwargs):
+        import errno
+        import io
+        import os
+        import signal
+
+        buffer = io.BytesIO()
+        self.save(obj, buffer, *args, **kwargs)
+        with open(f, "wb") as file:
+            file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            file.flush()
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        torch.save = self.save

@@ -1,6 +1,7 @@
 """Resuming as a user does it, from the command line: `hydra.run.dir=<run> ckpt_path=last [overrides]`."""
 
 import re
+import signal
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import yaml
 from test_errors import assert_clear_error, run_trainer
 
 import trainer
+from image_classification import read_checkpoint
 from image_classification.errors import UserError
 
 QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=none"]
@@ -63,3 +65,32 @@ def test_resuming_into_another_network_is_one_line_before_anything_runs(make_con
     with pytest.raises(UserError, match=re.escape(message)):
         trainer.train(make_config(f"ckpt_path={last}", "trainer.max_epochs=2", change, *QUICK))
     assert last.read_bytes() == before
+
+
+BREAK = ["+callbacks.break_saving._target_=tests.helpers.BreakCheckpointSaving", "+callbacks.break_saving.epoch=1"]
+
+
+def test_killed_while_saving_the_checkpoint_before_stays_and_the_rerun_continues(tmp_path):
+    run = tmp_path / "logs" / "run"
+    killed = run_trainer(tmp_path, "hydra.run.dir=logs/run", "trainer.max_epochs=3", *QUICK, *BREAK,
+                         "+callbacks.break_saving.how=kill")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    checkpoints = run / "checkpoints"
+    assert read_checkpoint(checkpoints / "last.ckpt")["epoch"] == 0  # whole, and the epoch before the kill
+    assert [p.name for p in checkpoints.iterdir() if ".tmp" in p.name]  # the dead process's half-written file
+    resumed = run_trainer(tmp_path, "hydra.run.dir=logs/run", "ckpt_path=last", "++callbacks.break_saving.epoch=99")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert read_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2
+    assert not [p.name for p in checkpoints.iterdir() if ".tmp" in p.name]  # removed, since its writer is dead
+    assert all(read_checkpoint(p)["epoch"] >= 0 for p in checkpoints.glob("*.ckpt"))  # every file whole
+
+
+def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_checkpoint_before(make_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", torch.save)  # put back, whatever the run leaves
+    cfg = make_config("trainer.max_epochs=3", *QUICK, *BREAK, "+callbacks.break_saving.how=full")
+    with pytest.raises(UserError, match="could not write the checkpoint .*: No space left on device; the checkpoint "
+                                        "before it is kept"):  # fmt: skip
+        trainer.train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(read_checkpoint(p)["epoch"] for p in checkpoints.glob("*.ckpt")) == [0, 0]  # best and last
+    assert not [p.name for p in checkpoints.iterdir() if ".tmp" in p.name]
