@@ -32,6 +32,7 @@ from image_classification.config import (
 )
 from image_classification.errors import UserError
 from image_classification.evaluation import fit_closed_form
+from image_classification.loggers import continue_logs
 
 log = logging.getLogger("trainer")
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -61,9 +62,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         module.check_optimization()
     runs.check_resumable(ckpt_path, cfg.trainer.max_epochs)
     runs.check_fits(ckpt_path, module)
+    runs.check_fresh_start(run_dir, ckpt_path)
     check_trainer(cfg.trainer)
     callbacks = instantiate_each(cfg.callbacks, "callback")
     loggers = instantiate_each(cfg.logger, "logger")
+    continue_logs(loggers.values(), runs.resumed_step(ckpt_path))
     metadata = run_metadata(resolved, datamodule.classes, overrides)
     callback_list = [*callbacks.values(), RunMetadata(metadata)]
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
@@ -124,6 +127,12 @@ def main(cfg: DictConfig) -> float | None:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         overrides = list(hydra_cfg.overrides.task)
+        if cfg.resume == "auto" and cfg.ckpt_path is None:
+            found = runs.auto_resume(Path(cfg.paths.output_dir))
+            overrides = [*overrides, f"ckpt_path={found}"] if found else overrides
+            cfg = hydra.compose(hydra_cfg.job.config_name, overrides=overrides) if found else cfg
+        elif cfg.resume not in (None, "auto"):
+            raise UserError(f"resume must be auto or null, not {cfg.resume!r}")
         resumed = runs.resume_overrides(cfg.ckpt_path, Path(cfg.paths.output_dir), overrides)
         if resumed is not None:
             overrides, cfg = resumed, hydra.compose(hydra_cfg.job.config_name, overrides=resumed)

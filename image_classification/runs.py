@@ -40,6 +40,51 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+def auto_resume(run_dir: Path) -> str | None:
+    """``resume=auto``: the run directory's last valid checkpoint (``last.ckpt``; if it cannot be read, the
+    readable one that trained furthest), or None when the directory holds none; says which."""
+    directory = run_dir / "checkpoints"
+    files = sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
+    if not files:
+        log.info(f"resume=auto: no checkpoint in {directory}, starting fresh")
+        return None
+    last = last_checkpoint(run_dir)
+    readable = {}
+    for path in ([last] if last in files else []) + [f for f in files if f != last]:
+        try:
+            readable[path] = read_checkpoint(path).get("global_step", 0)
+        except UserError as err:
+            log.warning(f"resume=auto: {err}")
+        if path == last and path in readable:
+            break
+    if not readable:
+        raise UserError(
+            f"resume=auto: none of the {len(files)} checkpoints in {directory} can be read; move them away to "
+            "start fresh, or give ckpt_path=<a good copy>"
+        )
+    path = last if last in readable else max(readable, key=lambda p: readable[p])
+    log.info(f"resume=auto: continuing {path} (step {readable[path]})")
+    return str(path)
+
+
+def check_fresh_start(run_dir: Path, ckpt_path: str | None) -> None:
+    """A new run must not mix its checkpoints and logs with those of another run in the same directory."""
+    directory = run_dir / "checkpoints"
+    if ckpt_path is None and directory.is_dir() and any(directory.glob("*.ckpt")):
+        raise UserError(
+            f"{directory} already holds checkpoints of a run: add ckpt_path=last (or resume=auto) to continue "
+            "it, or choose another hydra.run.dir to start a new one"
+        )
+
+
+def resumed_step(ckpt_path: str | None) -> int:
+    """The step a run resumed from ``ckpt_path`` logs from (0 for a fresh run): what the loggers keep before."""
+    if ckpt_path is None:
+        return 0
+    loops = read_checkpoint(ckpt_path).get("loops", {})
+    return int(loops.get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0))
+
+
 def check_resumable(ckpt_path: str | None, max_epochs: int | None) -> None:
     """A resumed run must have epochs left to train, or at least no fewer than the checkpoint has done."""
     if ckpt_path is None or max_epochs is None or max_epochs < 0:

@@ -1,5 +1,6 @@
 """Resuming as a user does it, from the command line: `hydra.run.dir=<run> ckpt_path=last [overrides]`."""
 
+import csv
 import re
 import signal
 
@@ -94,3 +95,40 @@ def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_checkpoint_before(
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(read_checkpoint(p)["epoch"] for p in checkpoints.glob("*.ckpt")) == [0, 0]  # best and last
     assert not [p.name for p in checkpoints.iterdir() if ".tmp" in p.name]
+
+
+def logged_steps(run):
+    """Each logged row's step in the run's CSV log, and the steps of val/acc and test/acc in its TensorBoard log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with (run / "csv" / "metrics.csv").open() as file:
+        rows = [int(row["step"]) for row in csv.DictReader(file)]
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    return sorted(rows), {tag: [e.step for e in events.Scalars(tag)] for tag in ("val/acc", "test/acc")}
+
+
+@pytest.mark.slow
+def test_resume_auto_starts_fresh_then_continues_and_the_logs_hold_each_step_once(tmp_path):
+    logs = ["logger=[tensorboard,csv]", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2"]  # fmt: skip
+    whole = run_trainer(tmp_path, "hydra.run.dir=logs/whole", "trainer.max_epochs=3", *logs)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    first = run_trainer(tmp_path, "hydra.run.dir=logs/run", "resume=auto", "trainer.max_epochs=2", *logs)
+    assert "resume=auto: no checkpoint in" in first.stdout + first.stderr and first.returncode == 0
+    again = run_trainer(tmp_path, "hydra.run.dir=logs/run", "resume=auto", "trainer.max_epochs=3", *logs)
+    assert "resume=auto: continuing" in again.stdout + again.stderr and again.returncode == 0
+    assert read_checkpoint(tmp_path / "logs/run/checkpoints/last.ckpt")["epoch"] == 2
+    # the same rows and events as the run that was never stopped: the first run's test (step 6) is gone
+    assert logged_steps(tmp_path / "logs/run") == logged_steps(tmp_path / "logs/whole")
+
+    # Without resume=auto or ckpt_path, a run directory with checkpoints is not started over.
+    fresh = run_trainer(tmp_path, "hydra.run.dir=logs/run", "trainer.max_epochs=3", *logs)
+    assert_clear_error(fresh, "logs/run/checkpoints already holds checkpoints of a run: add ckpt_path=last")
+
+    # A damaged last.ckpt: said, and the run continues from the newest readable checkpoint.
+    (tmp_path / "logs/run/checkpoints/last.ckpt").write_bytes(b"not a checkpoint")
+    damaged = run_trainer(tmp_path, "hydra.run.dir=logs/run", "resume=auto", "trainer.max_epochs=4", *logs)
+    output = damaged.stdout + damaged.stderr
+    assert damaged.returncode == 0, output[-2000:]
+    assert "last.ckpt is not a readable PyTorch checkpoint" in output and "resume=auto: continuing" in output
+    assert read_checkpoint(tmp_path / "logs/run/checkpoints/last.ckpt")["epoch"] == 3
