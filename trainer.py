@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from image_classification import runs
+from image_classification.callbacks.preemption import Preempted
 from image_classification.checkpoint import RunMetadata, run_metadata
 from image_classification.config import (
     RUN_CONFIG_POLICY,
@@ -142,6 +143,9 @@ def main(cfg: DictConfig) -> float | None:
             print_config_tree(cfg)
         report = train(cfg, overrides)
         return objective(report, cfg.optimized_metric) if cfg.optimized_metric else None
+    except Preempted as stop:
+        log.warning(str(stop))
+        sys.exit(128 + stop.signum)  # what a shell reports for a process the signal ended
     except (UserError, OmegaConfBaseException) as err:
         if sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

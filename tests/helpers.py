@@ -182,3 +182,18 @@ class BreakCheckpointSaving(L.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         torch.save = self.save
+
+
+class SignalSelf(L.Callback):
+    """Sends this process ``signal`` (a name: SIGTERM, SIGUSR1) in training batch ``batch`` of epoch ``epoch``:
+    what a scheduler pre-empting the job does."""
+
+    def __init__(self, epoch: int, batch: int, signal: str):
+        self.epoch, self.batch, self.signal = epoch, batch, signal
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        import os
+        import signal
+
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), getattr(signal, self.signal))

@@ -132,3 +132,19 @@ def test_resume_auto_starts_fresh_then_continues_and_the_logs_hold_each_step_onc
     assert damaged.returncode == 0, output[-2000:]
     assert "last.ckpt is not a readable PyTorch checkpoint" in output and "resume=auto: continuing" in output
     assert read_checkpoint(tmp_path / "logs/run/checkpoints/last.ckpt")["epoch"] == 3
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_preempted_run_saves_its_epoch_in_progress_and_the_rerun_finishes_it(tmp_path, name):
+    signal_at = ["+callbacks.signal._target_=tests.helpers.SignalSelf", "+callbacks.signal.epoch=1",
+                 "+callbacks.signal.batch=1", f"+callbacks.signal.signal={name}"]  # fmt: skip
+    common = ["hydra.run.dir=logs/run", "resume=auto", "trainer.max_epochs=3", *QUICK]
+    stopped = run_trainer(tmp_path, *common, *signal_at)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 128 + getattr(signal, name), output[-2000:]
+    assert f"Stopped by {name} at step 5 (epoch 1, batch 1)" in output and "Traceback" not in output
+    last = tmp_path / "logs/run/checkpoints/last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 5  # the batch in progress finished, then saved
+    resumed = run_trainer(tmp_path, *common, "++callbacks.signal.epoch=99")
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
+    assert read_checkpoint(last)["global_step"] == 9 and read_checkpoint(last)["epoch"] == 2  # no batch lost or added
