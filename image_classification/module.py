@@ -113,12 +113,22 @@ class ClassificationModule(L.LightningModule):
         labels = targets.argmax(dim=-1) if targets.ndim > 1 else targets  # soft targets (mixup) score by argmax
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage != "test")
+        # val and test losses averaged over every process: what plateau schedules and checkpoints compare must be
+        # the same number on each, or their learning rates and choices drift apart under DDP
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=stage != "test",
+            sync_dist=stage != "train",
+        )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             # The plain negative log-likelihood, whatever the training loss: comparable across label
             # smoothing and loss choices, and it still separates models when accuracy saturates.
-            self.log(f"{stage}/nll", F.cross_entropy(logits.float(), labels), on_step=False, on_epoch=True)
+            nll = F.cross_entropy(logits.float(), labels)
+            self.log(f"{stage}/nll", nll, on_step=False, on_epoch=True, sync_dist=True)
             if self.top_k:
                 top_k = getattr(self, f"{stage}_acc_top_k")
                 top_k(logits, labels)

@@ -197,3 +197,18 @@ class SignalSelf(L.Callback):
 
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class RankLearningRates(L.Callback):
+    """Appends, after each training epoch, this process's learning rate and the val/loss it sees (what a plateau
+    schedule and the checkpoints compare) to ``<directory>/rank<N>.jsonl``."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        val_loss = float(trainer.callback_metrics["val/loss"])
+        with (self.directory / f"rank{trainer.global_rank}.jsonl").open("a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, "lr": lr, "val_loss": val_loss}) + "\n")

@@ -1,6 +1,7 @@
 """Resuming as a user does it, from the command line: `hydra.run.dir=<run> ckpt_path=last [overrides]`."""
 
 import csv
+import json
 import re
 import signal
 
@@ -148,3 +149,23 @@ def test_a_preempted_run_saves_its_epoch_in_progress_and_the_rerun_finishes_it(t
     resumed = run_trainer(tmp_path, *common, "++callbacks.signal.epoch=99")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
     assert read_checkpoint(last)["global_step"] == 9 and read_checkpoint(last)["epoch"] == 2  # no batch lost or added
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_step_a_plateau_schedule_on_the_same_numbers(tmp_path):
+    # patience 0 and a high learning rate: the rate halves after every epoch whose val/loss does not improve
+    plateau = ["scheduler=plateau", "scheduler.scheduler.patience=0", "optimizer.lr=0.1"]
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    record = [
+        "+callbacks.rates._target_=tests.helpers.RankLearningRates",
+        f"+callbacks.rates.directory={tmp_path}/rates",
+    ]
+    result = run_trainer(tmp_path, "hydra.run.dir=logs/ddp", *ddp, *plateau, *record, "trainer.max_epochs=6",
+                         "data.batch_size=16", "trainer.limit_train_batches=4", "logger=none")  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    ranks = [[json.loads(line) for line in (tmp_path / "rates" / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]  # fmt: skip
+    assert len(ranks[0]) == 6
+    # each process validates its own half of the images, but both see the loss of all of them
+    assert [e["val_loss"] for e in ranks[0]] == pytest.approx([e["val_loss"] for e in ranks[1]], rel=1e-6)
+    assert [e["lr"] for e in ranks[0]] == [e["lr"] for e in ranks[1]]
