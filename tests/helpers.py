@@ -212,3 +212,18 @@ class RankLearningRates(L.Callback):
         val_loss = float(trainer.callback_metrics["val/loss"])
         with (self.directory / f"rank{trainer.global_rank}.jsonl").open("a") as f:
             f.write(json.dumps({"epoch": trainer.current_epoch, "lr": lr, "val_loss": val_loss}) + "\n")
+
+
+class RankTestImages(L.Callback):
+    """Writes how many test images this process scored to ``<directory>/rank<N>.txt``."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+        self.count = 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.count += len(batch[1])
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"rank{trainer.global_rank}.txt").write_text(str(self.count))

@@ -2,12 +2,16 @@
 
 import csv
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from test_errors import assert_clear_error, run_trainer
 
 import trainer
@@ -169,3 +173,23 @@ def test_two_ddp_processes_step_a_plateau_schedule_on_the_same_numbers(tmp_path)
     # each process validates its own half of the images, but both see the loss of all of them
     assert [e["val_loss"] for e in ranks[0]] == pytest.approx([e["val_loss"] for e in ranks[1]], rel=1e-6)
     assert [e["lr"] for e in ranks[0]] == [e["lr"] for e in ranks[1]]
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_test_every_image_exactly_once(tmp_path):
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    count = ["+callbacks.count._target_=tests.helpers.RankTestImages", f"+callbacks.count.directory={tmp_path}/count"]
+    result = run_trainer(tmp_path, "hydra.run.dir=logs/ddp", *ddp, *count, "trainer.max_epochs=2", "logger=none")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    shares = [int((tmp_path / "count" / f"rank{r}.txt").read_text()) for r in (0, 1)]
+    assert shares == [180, 179]  # the digits' 359 test images, none repeated to even the shares out
+    report = json.loads((tmp_path / "logs/ddp/metrics.json").read_text())
+    # one process scoring the same checkpoint on the same images gives the same accuracy
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "image_classification.evaluate", f"ckpt_path={report['tested_checkpoint']}",
+         f"paths.output_dir={tmp_path}/logs/eval"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert evaluate.returncode == 0, (evaluate.stdout + evaluate.stderr)[-3000:]
+    single = json.loads((tmp_path / "logs/eval/metrics.json").read_text())
+    assert report["metrics"]["test/acc"] == pytest.approx(single["metrics"]["test/acc"], abs=1e-6)

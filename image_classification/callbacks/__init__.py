@@ -146,7 +146,7 @@ class EvaluationReport(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.logits:
             return
-        if trainer.world_size > 1:  # each process saw its own (padded) share of the test set
+        if trainer.world_size > 1:  # each process saw its own share of the test set
             log.warning(
                 f"{self.path.name} is written by single-process tests only: this one ran on {trainer.world_size}"
             )

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from image_classification.data.datasets import SPLITS
 from image_classification.data.splits import dataset_targets, stratified_hold_out
@@ -69,6 +69,21 @@ def transform_tree(name: str, transform: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(children, list | tuple | nn.ModuleList):
         for i, child in enumerate(children):
             yield from transform_tree(f"{name}.{i}", child)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Each process's share of an evaluation set, in order (process ``rank`` takes every ``num_replicas``-th
+    image) and without padding: together the processes see every image exactly once, so the synchronised
+    metrics count each once. Lightning leaves a ``DistributedSampler`` as it is."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class DataModule(L.LightningDataModule):
@@ -297,10 +312,16 @@ class DataModule(L.LightningDataModule):
         return batch if transform is None else transform(*batch)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        sampler = None
+        if name != "train" and trainer is not None and trainer.world_size > 1:
+            # Lightning's distributed sampler pads the last share with repeated images; scores would count them
+            sampler = UnpaddedDistributedSampler(self.datasets[name], trainer.world_size, trainer.global_rank)
         return DataLoader(
             self.datasets[name],
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             drop_last=self.drop_last and name == "train",
             # features are tensors in memory: worker processes would only add copies
             **(self.loader_kwargs if self.features is None else {}),
