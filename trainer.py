@@ -12,6 +12,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -56,7 +57,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         L.seed_everything(cfg.seed, workers=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, "data")
-    datamodule.prepare_data()
+    if local_rank() == 0:  # one download per machine; under DDP the other processes start after it
+        datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes)
     if cfg.fit is None:
@@ -72,7 +74,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     callback_list = [*callbacks.values(), RunMetadata(metadata)]
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
 
-    runs.write_run_records(run_dir, resolved, overrides)
+    if rank_zero_only.rank == 0:  # one process writes the run's records
+        runs.write_run_records(run_dir, resolved, overrides)
     best, fitted = None, None
     if cfg.fit is not None:  # a probe fitted in closed form on cached features (logistic regression, kNN)
         fit = instantiate(cfg.fit, "fit")
@@ -98,7 +101,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "run_dir": str(run_dir),
         "git_commit": metadata["git_commit"],
     }
-    runs.write_report(run_dir, report)
+    if trainer.is_global_zero:
+        runs.write_report(run_dir, report)
     log.info(f"Run directory:   {run_dir}")
     log.info(f"Tested:          {tested or 'the final weights (no checkpoint was saved)'}")
     log.info(f"Metrics:         {run_dir / 'metrics.json'}")
@@ -106,6 +110,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         log.info(f"TensorBoard:     tensorboard --logdir {run_dir}")
     log.info(f"Test accuracy:   {100 * test_metrics['test/acc']:.2f}%")
     return report
+
+
+def local_rank() -> int:
+    """This process's rank on its machine: 0 outside DDP, and in the process Lightning starts the others from."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def objective(report: dict, name: str) -> float:
