@@ -159,7 +159,7 @@ def test_a_preempted_run_saves_its_epoch_in_progress_and_the_rerun_finishes_it(t
 def test_two_ddp_processes_step_a_plateau_schedule_on_the_same_numbers(tmp_path):
     # patience 0 and a high learning rate: the rate halves after every epoch whose val/loss does not improve
     plateau = ["scheduler=plateau", "scheduler.scheduler.patience=0", "optimizer.lr=0.1"]
-    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    ddp = ["trainer=ddp_cpu"]
     record = [
         "+callbacks.rates._target_=tests.helpers.RankLearningRates",
         f"+callbacks.rates.directory={tmp_path}/rates",
@@ -177,7 +177,7 @@ def test_two_ddp_processes_step_a_plateau_schedule_on_the_same_numbers(tmp_path)
 
 @pytest.mark.slow
 def test_two_ddp_processes_test_every_image_exactly_once(tmp_path):
-    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    ddp = ["trainer=ddp_cpu"]
     count = ["+callbacks.count._target_=tests.helpers.RankTestImages", f"+callbacks.count.directory={tmp_path}/count"]
     result = run_trainer(tmp_path, "hydra.run.dir=logs/ddp", *ddp, *count, "trainer.max_epochs=2", "logger=none")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
