@@ -314,7 +314,7 @@ class DataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         trainer = self.trainer
         sampler = None
-        if name != "train" and trainer is not None and trainer.world_size > 1:
+        if name != "train" and getattr(trainer, "world_size", 1) > 1:
             # Lightning's distributed sampler pads the last share with repeated images; scores would count them
             sampler = UnpaddedDistributedSampler(self.datasets[name], trainer.world_size, trainer.global_rank)
         return DataLoader(
