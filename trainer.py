@@ -1,5 +1,6 @@
 """Train, validate and test an image classifier: ``python trainer.py [group=choice ...] [key=value ...]``."""
 
+import contextlib
 import logging
 import math
 import os
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from image_classification import runs
@@ -112,6 +114,29 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return report
 
 
+@contextlib.contextmanager
+def sweep_job_alone(hydra_cfg: DictConfig):
+    """Within a sweep's job: Lightning starts DDP's other processes by running ``sys.argv`` again with
+    ``hydra.run.dir=<hydra.run.dir>``, which would run the whole sweep again in a directory of its own. Here
+    they run this job alone (its own overrides), in this job's directory."""
+    argv, run_dir, environment = sys.argv, hydra_cfg.run.dir, dict(os.environ)
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = run_dir
+        # The next job's processes form a group of their own, on a port of their own (Lightning picks a free
+        # one unless MASTER_PORT is set, which it set for this job).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environment)
+
+
 def local_rank() -> int:
     """This process's rank on its machine: 0 outside DDP, and in the process Lightning starts the others from."""
     return int(os.environ.get("LOCAL_RANK", "0"))
@@ -150,7 +175,8 @@ def main(cfg: DictConfig) -> float | None:
             log.info(f"Trial {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
         elif cfg.print_config:
             print_config_tree(cfg)
-        report = train(cfg, overrides)
+        with sweep_job_alone(hydra_cfg) if sweep else contextlib.nullcontext():
+            report = train(cfg, overrides)
         return objective(report, cfg.optimized_metric) if cfg.optimized_metric else None
     except Preempted as stop:
         log.warning(str(stop))

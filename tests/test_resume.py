@@ -193,3 +193,18 @@ def test_two_ddp_processes_test_every_image_exactly_once(tmp_path):
     assert evaluate.returncode == 0, (evaluate.stdout + evaluate.stderr)[-3000:]
     single = json.loads((tmp_path / "logs/eval/metrics.json").read_text())
     assert report["metrics"]["test/acc"] == pytest.approx(single["metrics"]["test/acc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_jobs_of_a_multirun_run_once_each_in_their_own_directories(tmp_path):
+    # Lightning starts DDP's second process by running the command line again: inside a sweep that would be
+    # the whole sweep again, in a new sweep directory (and a second DDP job then hangs on the first's port).
+    command = [sys.executable, str(ROOT / "trainer.py"), "--multirun", "trainer=ddp_cpu", "seed=1,2",
+               "trainer.max_epochs=1", "print_config=false", *QUICK]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (sweep,) = (tmp_path / "logs/train/multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").is_file() and (sweep / job / "train_ddp_process_1.log").is_file()
+    assert not (tmp_path / "logs/train/runs").exists()
