@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from image_classification import runs
 from image_classification.callbacks.preemption import Preempted
-from image_classification.checkpoint import RunMetadata, run_metadata
+from image_classification.checkpoint import RunMetadata, read_checkpoint, run_metadata
 from image_classification.config import (
     RUN_CONFIG_POLICY,
     build_module,
@@ -65,13 +65,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     module = build_module(cfg, datamodule.classes)
     if cfg.fit is None:
         module.check_optimization()
-    runs.check_resumable(ckpt_path, cfg.trainer.max_epochs)
-    runs.check_fits(ckpt_path, module)
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # read once, memory-mapped
+    runs.check_resumable(ckpt_path, checkpoint, cfg.trainer.max_epochs)
+    runs.check_fits(ckpt_path, checkpoint, module)
     runs.check_fresh_start(run_dir, ckpt_path)
     check_trainer(cfg.trainer)
     callbacks = instantiate_each(cfg.callbacks, "callback")
     loggers = instantiate_each(cfg.logger, "logger")
-    continue_logs(loggers.values(), runs.resumed_step(ckpt_path))
+    continue_logs(loggers.values(), runs.resumed_step(checkpoint))
     metadata = run_metadata(resolved, datamodule.classes, overrides)
     callback_list = [*callbacks.values(), RunMetadata(metadata)]
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
@@ -162,15 +163,15 @@ def main(cfg: DictConfig) -> float | None:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         overrides = list(hydra_cfg.overrides.task)
-        if cfg.resume == "auto" and cfg.ckpt_path is None:
-            found = runs.auto_resume(Path(cfg.paths.output_dir))
-            overrides = [*overrides, f"ckpt_path={found}"] if found else overrides
-            cfg = hydra.compose(hydra_cfg.job.config_name, overrides=overrides) if found else cfg
-        elif cfg.resume not in (None, "auto"):
+        if cfg.resume not in (None, "auto"):
             raise UserError(f"resume must be auto or null, not {cfg.resume!r}")
-        resumed = runs.resume_overrides(cfg.ckpt_path, Path(cfg.paths.output_dir), overrides)
-        if resumed is not None:
-            overrides, cfg = resumed, hydra.compose(hydra_cfg.job.config_name, overrides=resumed)
+        found = runs.auto_resume(Path(cfg.paths.output_dir)) if cfg.resume and cfg.ckpt_path is None else None
+        if found:
+            overrides.append(f"ckpt_path={found}")
+        resumed = runs.resume_overrides(found or cfg.ckpt_path, Path(cfg.paths.output_dir), overrides)
+        if resumed is not None or found:
+            overrides = resumed or overrides
+            cfg = hydra.compose(hydra_cfg.job.config_name, overrides=overrides)
         if sweep:  # a trial's overrides, not the whole tree once per trial
             log.info(f"Trial {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
         elif cfg.print_config:

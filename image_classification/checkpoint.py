@@ -135,12 +135,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     previous checkpoint whole (the next run in that directory removes the dead process's temporary file); a
     full disk fails the save with one line and keeps the previous checkpoint."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.swept: set[Path] = set()  # directories already cleared of dead writers' temporary files
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # a remote file system: Lightning's own (fsspec) writing
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        if path.parent.is_dir():
+        if path.parent not in self.swept and path.parent.is_dir():
             remove_stale_temporaries(path.parent)
+            self.swept.add(path.parent)
         try:
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)

@@ -4,7 +4,6 @@ the configs use."""
 
 import collections.abc
 import contextlib
-import inspect
 import logging
 import os
 import re
@@ -75,50 +74,38 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
         )
 
 
-def _expected(annotation: Any) -> list[str] | None:
-    """What an annotation admits, in words, for the types a YAML value can have; None when it admits anything
-    or something this check does not know (a tensor, a path, a class of the library's own)."""
-    if annotation is Any or annotation is inspect.Parameter.empty:
-        return None
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        words = [_expected(member) for member in typing.get_args(annotation)]
-        return None if any(w is None for w in words) else [w for group in words for w in group]
-    if origin is typing.Literal:
-        return [repr(v) for v in typing.get_args(annotation)]
-    if annotation is type(None):
-        return ["null"]
-    simple = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
-    if annotation in simple:
-        return [simple[annotation]]
-    if (origin or annotation) in (list, tuple, collections.abc.Sequence):
-        return ["a list"]
-    if (origin or annotation) in (dict, collections.abc.Mapping):
-        return ["a mapping"]
-    return None
+def _not_bool(kind: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, kind) and not isinstance(value, bool)
 
 
-def _admits(annotation: Any, value: Any) -> bool:
+# What a YAML value can be, by annotation: the words for it, and the test.
+SIMPLE_TYPES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    type(None): ("null", lambda value: value is None),
+    bool: ("true or false", lambda value: isinstance(value, bool)),
+    int: ("a whole number", _not_bool(int)),
+    float: ("a number", _not_bool(int | float)),
+    str: ("text", lambda value: isinstance(value, str)),
+    list: ("a list", lambda value: isinstance(value, ListConfig | list | tuple)),
+    tuple: ("a list", lambda value: isinstance(value, ListConfig | list | tuple)),
+    collections.abc.Sequence: ("a list", lambda value: isinstance(value, ListConfig | list | tuple)),
+    dict: ("a mapping", lambda value: isinstance(value, DictConfig | dict)),
+    collections.abc.Mapping: ("a mapping", lambda value: isinstance(value, DictConfig | dict)),
+}
+
+
+def _alternatives(annotation: Any) -> list[tuple[str, Callable[[Any], bool]]] | None:
+    """What an annotation admits, as (words, test) pairs; None when it admits anything, or something this
+    check does not know (a tensor, a path, a class of the library's own)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_admits(member, value) for member in typing.get_args(annotation))
+        members = [_alternatives(member) for member in typing.get_args(annotation)]
+        return None if any(m is None for m in members) else [a for m in members for a in m]
     if origin is typing.Literal:
-        return any(value == v and type(value) is type(v) for v in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if (origin or annotation) in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, ListConfig | list | tuple)
-    if (origin or annotation) in (dict, collections.abc.Mapping):
-        return isinstance(value, DictConfig | dict)
-    return True
+        return [
+            (repr(v), lambda value, v=v: value == v and type(value) is type(v)) for v in typing.get_args(annotation)
+        ]
+    simple = SIMPLE_TYPES.get(origin or annotation)
+    return [simple] if simple else None
 
 
 def _annotations(target: str) -> dict[str, Any]:
@@ -149,14 +136,12 @@ def check_types(cfg: DictConfig) -> None:
                 nodes.append(value)
             elif value is None and node.get("_partial_"):  # filled in when the partial is called
                 continue
-            elif isinstance(key, str) and key in hints and not _admits(hints[key], value):
-                expected = _expected(hints[key])
-                if expected:
+            elif isinstance(key, str) and key in hints:
+                alternatives = _alternatives(hints[key])
+                if alternatives and not any(admits(value) for _, admits in alternatives):
+                    expected = " or ".join(dict.fromkeys(words for words, _ in alternatives))
                     shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
-                    raise UserError(
-                        f"{node._get_full_key(key)} must be {' or '.join(dict.fromkeys(expected))} "
-                        f"(for {target}), not {shown}"
-                    )
+                    raise UserError(f"{node._get_full_key(key)} must be {expected} (for {target}), not {shown}")
 
 
 def one_line(err: BaseException) -> str:

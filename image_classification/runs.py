@@ -77,19 +77,19 @@ def check_fresh_start(run_dir: Path, ckpt_path: str | None) -> None:
         )
 
 
-def resumed_step(ckpt_path: str | None) -> int:
-    """The step a run resumed from ``ckpt_path`` logs from (0 for a fresh run): what the loggers keep before."""
-    if ckpt_path is None:
+def resumed_step(checkpoint: dict[str, Any] | None) -> int:
+    """The step a run resumed from ``checkpoint`` logs from (0 for a fresh run): what the loggers keep before."""
+    if checkpoint is None:
         return 0
-    loops = read_checkpoint(ckpt_path).get("loops", {})
+    loops = checkpoint.get("loops", {})
     return int(loops.get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0))
 
 
-def check_resumable(ckpt_path: str | None, max_epochs: int | None) -> None:
+def check_resumable(ckpt_path: str | None, checkpoint: dict[str, Any] | None, max_epochs: int | None) -> None:
     """A resumed run must have epochs left to train, or at least no fewer than the checkpoint has done."""
-    if ckpt_path is None or max_epochs is None or max_epochs < 0:
+    if checkpoint is None or max_epochs is None or max_epochs < 0:
         return
-    done = read_checkpoint(ckpt_path)["epoch"] + 1
+    done = checkpoint["epoch"] + 1
     if max_epochs < done:
         raise UserError(
             f"{ckpt_path} has trained {done} epochs but trainer.max_epochs={max_epochs}: "
@@ -97,12 +97,11 @@ def check_resumable(ckpt_path: str | None, max_epochs: int | None) -> None:
         )
 
 
-def check_fits(ckpt_path: str | None, module: Any) -> None:
+def check_fits(ckpt_path: str | None, checkpoint: dict[str, Any] | None, module: Any) -> None:
     """The checkpoint to resume holds weights of this run's network, key for key and shape for shape: one line
     saying what differs, before Lightning's page of missing and unexpected keys."""
-    if ckpt_path is None:
+    if checkpoint is None:
         return
-    checkpoint = read_checkpoint(ckpt_path)
     saved = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
     if FROZEN_KEY in checkpoint:  # the frozen backbone is kept beside the checkpoint, not in it
         saved.update({k: tuple(v.shape) for k, v in module.state_dict().items() if k.startswith(FROZEN_PREFIX)})

@@ -21,10 +21,20 @@ from image_classification.files import atomic_path
 from image_classification.runs import checkpoint_val_metrics
 
 log = logging.getLogger(__name__)
-# The config sections whose values the HParams tab shows: what a sweep searches, and what tells runs apart.
 # HParams' results: the best val/acc, the test accuracy and loss.
 HP_METRICS = ("hp/val_acc_best", "hp/test_acc", "hp/test_loss")
+# The config sections whose values the HParams tab shows: what a sweep searches, and what tells runs apart.
 SETTINGS = ("data", "network", "loss", "optimizer", "scheduler", "module", "trainer", "seed", "task_name")
+
+
+def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+    """The run's TensorBoard logger, if it has one."""
+    return next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
+
+
+def run_metadata_of(trainer: L.Trainer) -> dict | None:
+    """What the run's checkpoints carry (its resolved config, overrides, classes), from its RunMetadata."""
+    return next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
 
 
 class DisableDropout(L.Callback):
@@ -101,7 +111,7 @@ class PuzzleImages(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if batch_idx != 0 or trainer.sanity_checking:
             return
-        logger = next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
+        logger = tensorboard(trainer)
         transforms = transform_tree("eval", getattr(trainer.datamodule, "eval_batch_transform", None))
         permutations = next((t.permutations for _, t in transforms if isinstance(t, Jigsaw)), None)
         if logger is None or permutations is None:
@@ -151,7 +161,7 @@ class EvaluationReport(L.Callback):
                 f"{self.path.name} is written by single-process tests only: this one ran on {trainer.world_size}"
             )
             return
-        metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), {})
+        metadata = run_metadata_of(trainer) or {}
         tested = trainer.ckpt_path
         val_metrics = checkpoint_val_metrics(tested)[0] if tested else {}
         test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -217,7 +227,7 @@ class HParams(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """The settings to every other logger (CSV's hparams.yaml, W&B's config, MLflow's parameters) at the
         start; TensorBoard gets them with the results."""
-        metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
+        metadata = run_metadata_of(trainer)
         if self.settings_logged or metadata is None:
             return
         self.settings_logged = True
@@ -236,8 +246,8 @@ class HParams(L.Callback):
             self._log(trainer, pl_module)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
-        metadata = next((c.metadata for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
+        logger = tensorboard(trainer)
+        metadata = run_metadata_of(trainer)
         if logger is None or metadata is None or not trainer.is_global_zero:
             return
         tested = checkpoint_val_metrics(trainer.ckpt_path)[0] if trainer.ckpt_path else {}

@@ -7,19 +7,15 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.transforms import Normalize as NormalizeV1
 from torchvision.transforms.v2 import Normalize
 
+from image_classification.callbacks import tensorboard
 from image_classification.data.datamodule import transform_tree
 from image_classification.evaluation.figures import WRONG, bar_chart_image, confusion_image, image_grid
 
 log = logging.getLogger(__name__)
-
-
-def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
-    return next((x for x in trainer.loggers if isinstance(x, TensorBoardLogger)), None)
 
 
 def logging_step(trainer: L.Trainer) -> int:
