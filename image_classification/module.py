@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from image_classification.checkpoint import FROZEN_KEY, move_frozen_backbone, restore_frozen_backbone
 from image_classification.errors import UserError
 from image_classification.networks.linear_probe import Backbone
+from image_classification.randomness import RANDOM_STATE_KEY, random_state, set_random_state
 from image_classification.schedulers import continue_schedule, fills_total_steps, scheduler_steps
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class ClassificationModule(L.LightningModule):
             raise UserError(f"module.nonfinite_loss must be stop or skip, not {nonfinite_loss!r}")
         self.nonfinite_loss = nonfinite_loss
         self.skipped_batches = 0
+        self._random_state: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
         features = getattr(self.trainer.datamodule, "features", None)
@@ -196,6 +198,7 @@ class ClassificationModule(L.LightningModule):
         return backbone if isinstance(backbone, Backbone) else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RANDOM_STATE_KEY] = random_state()  # what the next batch would draw: a resumed run draws it too
         # A frozen backbone is the same in every checkpoint: written once beside them, not once per epoch.
         directory = getattr(self.trainer.checkpoint_callback, "dirpath", None)
         backbone = self._frozen_backbone()
@@ -204,6 +207,7 @@ class ClassificationModule(L.LightningModule):
         move_frozen_backbone(checkpoint, backbone.weights_digest(), directory)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._random_state = checkpoint.get(RANDOM_STATE_KEY)  # put back when training starts
         if FROZEN_KEY in checkpoint:
             restore_frozen_backbone(checkpoint, self._frozen_backbone())
 
@@ -259,6 +263,9 @@ class ClassificationModule(L.LightningModule):
         return self.optimization(self.trainer)
 
     def on_train_start(self) -> None:
+        if self._random_state is not None:  # a resumed run: the generators as they were when the checkpoint was saved
+            set_random_state(self._random_state)
+            self._random_state = None
         # A resumed run's scheduler state was restored after configure_optimizers, with the length of the
         # run that saved it; rebuild it for this run's length, at the step it had reached.
         if self._schedule is None:

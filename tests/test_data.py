@@ -188,3 +188,72 @@ def test_machine_dependent_loader_defaults(make_config, tmp_path):
 def test_missing_fraction_and_set_is_an_error(make_config):
     with pytest.raises(DataError, match="no test set"):
         setup_data(make_config("data.test_fraction=0.0"))
+
+
+def served(loader) -> list[torch.Tensor]:
+    return [images for images, _ in loader]
+
+
+def test_a_resumed_training_loader_serves_the_rest_of_its_epoch_in_the_same_order(make_config):
+    datamodule = setup_data(make_config("data.batch_size=100"))
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(3)
+    whole = served(loader)
+    stopped = iter(loader)
+    for _ in range(4):
+        next(stopped)
+    position = loader.position()
+    assert position == {"seed": loader.sampler.seed, "epoch": 3, "images": 400}
+
+    again = setup_data(make_config("data.batch_size=100")).train_dataloader()
+    again.seek(position)
+    rest = served(again)
+    assert len(rest) == len(whole) - 4 and all(torch.equal(a, b) for a, b in zip(rest, whole[4:], strict=True))
+    assert again.position()["images"] == 100 * len(whole)  # the whole epoch, counting the part served before
+    again.sampler.set_epoch(4)  # the next epoch: whole, and shuffled anew
+    following = served(again)
+    assert len(following) == len(whole) and not torch.equal(following[0], whole[0])
+
+
+def test_each_training_image_is_served_once_per_epoch_across_ddp_processes(make_config):
+    from image_classification.data.sampling import EpochSampler
+
+    dataset = setup_data(make_config()).datasets["train"]
+    shares = [list(EpochSampler(dataset, num_replicas=2, rank=rank, seed=5)) for rank in (0, 1)]
+    indices = [index for share in shares for index, _ in share]
+    assert len(shares[0]) == len(shares[1]) == (len(dataset) + 1) // 2
+    assert set(indices) == set(range(len(dataset)))  # each image; one repeated to even the shares (odd size)
+    assert len(indices) - len(set(indices)) == len(dataset) % 2
+
+
+def test_an_augmented_image_is_the_same_whichever_worker_loads_it(make_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # what seed=7 sets: the training order
+    root = write_image_folder(tmp_path / "photos")
+    overrides = ["data=image_folder", f"data.root={root}", "data.image_size=32", "data.batch_size=5",
+                 "data/auto_augment=randaugment", "data.persistent_workers=false"]  # fmt: skip
+    by_workers = {}
+    for workers in (0, 2):
+        loader = setup_data(make_config(*overrides, f"data.num_workers={workers}")).train_dataloader()
+        torch.manual_seed(workers)  # the global generator does not decide an image's augmentation
+        by_workers[workers] = served(loader)
+    assert all(torch.equal(a, b) for a, b in zip(by_workers[0], by_workers[2], strict=True))
+    again = served(loader)  # the same epoch twice: the same augmentations
+    assert all(torch.equal(a, b) for a, b in zip(again, by_workers[2], strict=True))
+    loader.sampler.set_epoch(1)  # another epoch: other ones
+    assert not torch.equal(served(loader)[0], by_workers[2][0])
+
+
+def test_loading_an_image_in_the_main_process_leaves_the_global_generators_as_they_were(make_config, tmp_path):
+    import random
+
+    root = write_image_folder(tmp_path / "photos")
+    datamodule = setup_data(make_config("data=image_folder", f"data.root={root}", "data.image_size=32",
+                                        "data.num_workers=0"))  # fmt: skip
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    datamodule.datasets["train"][(4, 123)]
+    assert (torch.rand(3), random.random(), np.random.rand())[1:] == expected[1:]
+    torch.manual_seed(0)
+    datamodule.datasets["train"][(4, 123)]
+    assert torch.equal(torch.rand(3), expected[0])

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, write_image_folder
 from test_errors import assert_clear_error, run_trainer
 
 import trainer
@@ -153,6 +153,56 @@ def test_a_preempted_run_saves_its_epoch_in_progress_and_the_rerun_finishes_it(t
     resumed = run_trainer(tmp_path, *common, "++callbacks.signal.epoch=99")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
     assert read_checkpoint(last)["global_step"] == 9 and read_checkpoint(last)["epoch"] == 2  # no batch lost or added
+
+
+def final_state(run):
+    """The last weights and the metrics of a run."""
+    weights = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    return weights, json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+EXACT = ["trainer.deterministic=true", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=none"]
+KILL = ["+callbacks.kill._target_=tests.helpers.SignalSelf", "+callbacks.kill.signal=SIGKILL"]
+
+
+@pytest.mark.parametrize(
+    "setting, kill_at, saved_step",
+    [
+        # mixup and cutmix draw from the main process's generator: restored from the checkpoint
+        pytest.param("digits", (1, 6), 16, id="mid-epoch"),
+        # only epoch-end checkpoints, and epochs cut short by limit_train_batches
+        pytest.param("digits-short-epochs", (2, 1), 10, id="epoch-end", marks=pytest.mark.slow),
+        # per-image augmentation in 2 loader workers: each image's own seed
+        pytest.param("photos", (1, 4), 12, id="photos-in-workers", marks=pytest.mark.slow),
+    ],
+)
+def test_a_killed_run_resumed_ends_with_the_weights_and_metrics_of_a_run_never_stopped(
+    tmp_path, setting, kill_at, saved_step
+):
+    settings = {
+        "digits": ["data/mix=mixup_cutmix", "data.batch_size=128", "callbacks.last_checkpoint.every_n_train_steps=4"],
+        "digits-short-epochs": ["data/mix=mixup_cutmix", "trainer.limit_train_batches=5"],
+        "photos": [f"data.root={write_image_folder(tmp_path / 'photos', per_class=12)}", "data=image_folder",
+                   "data.image_size=32", "data.batch_size=4", "data.num_workers=2", "data/auto_augment=randaugment",
+                   "callbacks.last_checkpoint.every_n_train_steps=2"],
+    }[setting]  # fmt: skip
+    common = [*EXACT, *settings, "trainer.max_epochs=3"]
+    whole = run_trainer(tmp_path, "hydra.run.dir=logs/whole", *common)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    epoch, batch = kill_at
+    killed = run_trainer(tmp_path, "hydra.run.dir=logs/run", *common, *KILL, f"+callbacks.kill.epoch={epoch}",
+                         f"+callbacks.kill.batch={batch}")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run = tmp_path / "logs" / "run"
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == saved_step  # steps after it are lost
+    resumed = run_trainer(tmp_path, "hydra.run.dir=logs/run", "ckpt_path=last", "++callbacks.kill.epoch=99")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    (weights, metrics), (expected_weights, expected_metrics) = final_state(run), final_state(tmp_path / "logs/whole")
+    assert weights.keys() == expected_weights.keys()
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in weights), "the weights differ"
+    assert metrics == expected_metrics
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ evaluation transforms, not augmentation. Datasets are configured as ``_partial_`
 read until ``setup``, and ``prepare_data`` (rank 0 only) calls the ones that download.
 """
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -14,14 +15,19 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from image_classification.data.datasets import SPLITS
+from image_classification.data.sampling import EpochSampler, ResumableLoader, UnpaddedDistributedSampler, shuffle_seed
 from image_classification.data.splits import dataset_targets, stratified_hold_out
 from image_classification.errors import DataError
+from image_classification.randomness import seeded
 
 log = logging.getLogger(__name__)
+# Where the DataModule's state in a checkpoint says how far the training loader got in its epoch.
+TRAIN_LOADER_KEY = "train_loader"
 
 DatasetFactory = Callable[[], Dataset | None]
 
@@ -50,9 +56,13 @@ class TransformedSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int):
-        image, label = self.dataset[self.indices[index]]
-        return (self.transform(image) if self.transform else image), label
+    def __getitem__(self, index: int | tuple[int, int]):
+        """``index``, or ``(index, seed)``: the image's random transforms draw from generators seeded with
+        ``seed`` (the training sampler's :class:`~image_classification.data.sampling.EpochSampler`)."""
+        index, seed = index if isinstance(index, tuple) else (index, None)
+        with seeded(seed) if seed is not None and self.transform is not None else contextlib.nullcontext():
+            image, label = self.dataset[self.indices[index]]
+            return (self.transform(image) if self.transform else image), label
 
 
 def class_names(dataset: Dataset) -> list[str] | None:
@@ -69,21 +79,6 @@ def transform_tree(name: str, transform: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(children, list | tuple | nn.ModuleList):
         for i, child in enumerate(children):
             yield from transform_tree(f"{name}.{i}", child)
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Each process's share of an evaluation set, in order (process ``rank`` takes every ``num_replicas``-th
-    image) and without padding: together the processes see every image exactly once, so the synchronised
-    metrics count each once. Lightning leaves a ``DistributedSampler`` as it is."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class DataModule(L.LightningDataModule):
@@ -175,6 +170,8 @@ class DataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.images: dict[str, TransformedSubset] = {}  # each split's images, also when it is served as features
         self.classes: list[str] | None = None
+        self._train_loader: ResumableLoader | None = None
+        self._resume_position: dict[str, int] | None = None  # where a resumed run's training loader starts
 
     def prepare_data(self) -> None:
         """Download the datasets when ``download`` is set (Lightning runs this on one process only)."""
@@ -288,9 +285,13 @@ class DataModule(L.LightningDataModule):
         return {where: t for where, t in found.items() if isinstance(t, nn.Module) and t.state_dict()}
 
     def state_dict(self) -> dict[str, Any]:
-        """The state of the transforms that keep one (a jigsaw puzzle's permutation set): Lightning saves it in
-        every checkpoint and gives it back to a resumed or tested run, which then uses the very same state."""
-        return {name: transform.state_dict() for name, transform in self._stateful_transforms().items()}
+        """The state of the transforms that keep one (a jigsaw puzzle's permutation set), and where the training
+        loader is in its epoch: Lightning saves it in every checkpoint and gives it back to a resumed or tested run,
+        which then uses the very same state and continues the epoch where the checkpoint was saved."""
+        state = {name: transform.state_dict() for name, transform in self._stateful_transforms().items()}
+        if self._train_loader is not None:
+            state[TRAIN_LOADER_KEY] = self._train_loader.position()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for name, transform in self._stateful_transforms().items():
@@ -303,6 +304,12 @@ class DataModule(L.LightningDataModule):
                     f"data.{name}: the checkpoint's state differs from what the config builds; using the checkpoint's"
                 )
             transform.load_state_dict(saved)
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and TRAIN_LOADER_KEY in state_dict:  # resuming: the training loader continues the epoch
+            self._resume_position = state_dict[TRAIN_LOADER_KEY]
+            if self._train_loader is not None:
+                self._train_loader.seek(self._resume_position)
+                self._resume_position = None
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.features is not None:  # features: the batch transforms ran before the backbone
@@ -311,27 +318,34 @@ class DataModule(L.LightningDataModule):
         transform = self.train_batch_transform if training else self.eval_batch_transform
         return batch if transform is None else transform(*batch)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if name != "train" and getattr(trainer, "world_size", 1) > 1:
-            # Lightning's distributed sampler pads the last share with repeated images; scores would count them
-            sampler = UnpaddedDistributedSampler(self.datasets[name], trainer.world_size, trainer.global_rank)
-        return DataLoader(
-            self.datasets[name],
+    def _loader(self, name: str) -> DataLoader:
+        world_size, rank = getattr(self.trainer, "world_size", 1), getattr(self.trainer, "global_rank", 0)
+        dataset = self.datasets[name]
+        options = dict(
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
-            shuffle=shuffle if sampler is None else None,
-            sampler=sampler,
-            drop_last=self.drop_last and name == "train",
+            # the loader's own generator seeds its workers: starting one draws nothing from the global generator,
+            # whose state a checkpoint keeps for the training step
+            generator=torch.Generator().manual_seed(0),
             # features are tensors in memory: worker processes would only add copies
             **(self.loader_kwargs if self.features is None else {}),
         )
+        if name == "train":
+            sampler = EpochSampler(dataset, world_size, rank, seed=shuffle_seed(world_size),
+                                   sample_seeds=isinstance(dataset, TransformedSubset))  # fmt: skip
+            self._train_loader = ResumableLoader(dataset, sampler=sampler, drop_last=self.drop_last, **options)
+            if self._resume_position is not None:
+                self._train_loader.seek(self._resume_position)
+                self._resume_position = None
+            return self._train_loader
+        # Lightning's distributed sampler pads the last share with repeated images; scores would count them
+        sampler = UnpaddedDistributedSampler(dataset, world_size, rank) if world_size > 1 else None
+        return DataLoader(dataset, sampler=sampler, **options)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
