@@ -289,6 +289,8 @@ def quiet_library_noise() -> None:
     if _not_noise not in logger.filters:
         logger.addFilter(_not_noise)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Not so: the training loader continues its epoch through the DataModule's state (data/sampling.py)
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
 
 
 def device_count(accelerator: Any, devices: Any) -> int:

@@ -34,6 +34,7 @@ GROUPS = [
     "paths",
     "experiment",
     "hp_search",
+    "cluster",
     "strategy",
     "debug",
 ]

@@ -258,3 +258,51 @@ def test_ddp_jobs_of_a_multirun_run_once_each_in_their_own_directories(tmp_path)
     for job in ("0", "1"):
         assert (sweep / job / "metrics.json").is_file() and (sweep / job / "train_ddp_process_1.log").is_file()
     assert not (tmp_path / "logs/train/runs").exists()
+
+
+@pytest.mark.slow
+def test_a_submitit_job_preempted_is_requeued_and_continues_to_the_run_never_stopped(tmp_path):
+    common = [*EXACT, "trainer.max_epochs=3", "trainer.limit_train_batches=3"]
+    whole = run_trainer(tmp_path, "hydra.run.dir=logs/whole", *common)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    # what SLURM sends before a job's time limit or when it pre-empts it, at submitit's request
+    preempt = ["+callbacks.signal._target_=tests.helpers.SignalSelf", "+callbacks.signal.epoch=1",
+               "+callbacks.signal.batch=1", "+callbacks.signal.signal=SIGUSR2"]  # fmt: skip
+    command = [sys.executable, str(ROOT / "trainer.py"), "print_config=false", "--multirun", "cluster=submitit_local"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the job's own process imports the test's callback
+    sweep = subprocess.run([*command, "hydra.sweep.dir=logs/sweep", *common, *preempt], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+
+    job = tmp_path / "logs/sweep/0"
+    log = (job / "trainer.log").read_text()
+    stopped = log.index("Stopped by SIGUSR2 at step 5 (epoch 1, batch 1)")
+    requeued = log.index("Requeued job", stopped)
+    assert log.index("resume=auto: continuing", requeued) > requeued  # the same job again, from its last.ckpt
+    (weights, metrics), (expected_weights, expected_metrics) = final_state(job), final_state(tmp_path / "logs/whole")
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)
+    assert metrics == expected_metrics
+
+
+def test_the_slurm_config_submits_one_task_per_gpu_told_to_save_before_its_time_limit(tmp_path):
+    # No SLURM here: stand-ins for srun (which submitit looks for) and sbatch (which keeps the job script).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho "sbatch: no cluster" >&2\nexit 1\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    cluster = ["cluster=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.nodes=2",
+               "hydra.launcher.partition=gpu"]  # fmt: skip
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = [sys.executable, str(ROOT / "trainer.py"), *cluster]
+    subprocess.run([*command, "--multirun", "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env, capture_output=True)
+    script = (tmp_path / "job.sh").read_text()
+    for line in ("--nodes=2", "--gpus-per-node=4", "--ntasks-per-node=4", "--partition=gpu", "--signal=USR2@300",
+                 "--time=1440"):  # fmt: skip
+        assert f"#SBATCH {line}\n" in script, script
+    assert "srun" in script and "submitit.core._submit" in script
+
+    job = subprocess.run([*command, "--cfg", "job", "--resolve"], cwd=tmp_path, capture_output=True, text=True)
+    config = yaml.safe_load(job.stdout)
+    assert (config["trainer"]["devices"], config["trainer"]["num_nodes"], config["resume"]) == (4, 2, "auto")

@@ -19,12 +19,14 @@ class Preempted(Exception):
 
 
 class Preemption(L.Callback):
-    """On SIGTERM or SIGUSR1 (what SLURM and other schedulers send before they stop or requeue a job), finish
-    the batch in progress, save ``path`` (the run's ``last.ckpt``) and stop with :class:`Preempted`. The
-    resumed run continues at the next batch of that epoch. A sweep's trial (``trial`` set) leaves the signals to
-    the sweeper, which stops the whole sweep."""
+    """On SIGTERM, SIGUSR1 or SIGUSR2 (what SLURM and other schedulers send before they stop or requeue a job;
+    submitit asks SLURM for SIGUSR2), finish the batch in progress, save ``path`` (the run's ``last.ckpt``) and
+    stop with :class:`Preempted`. The resumed run continues at the next batch of that epoch. Where the process
+    had a handler of its own for the signal (submitit's, which requeues the job), that handler runs after the
+    save. A sweep's trial (``trial`` set) leaves the signals to the sweeper, which stops the whole sweep."""
 
-    def __init__(self, path: str | Path, trial: object = None, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
+    def __init__(self, path: str | Path, trial: object = None,
+                 signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):  # fmt: skip
         self.path = Path(path)
         self.in_sweep = trial is not None
         self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
@@ -46,12 +48,16 @@ class Preemption(L.Callback):
         if self.received is None:
             return
         name = signal.Signals(self.received).name
-        trainer.save_checkpoint(self.path)
-        raise Preempted(
-            self.received,
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state
+        message = (
             f"Stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx}): "
-            f"saved {self.path}; the same command with resume=auto (or ckpt_path=last) continues it",
+            f"saved {self.path}; the same command with resume=auto (or ckpt_path=last) continues it"
         )
+        handler = self.previous.get(self.received)
+        if callable(handler):  # e.g. submitit's: it resubmits the job (which resume=auto continues) and exits
+            log.warning(message)
+            handler(self.received, None)
+        raise Preempted(self.received, message)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self.previous.items():
