@@ -36,6 +36,7 @@ from image_classification.config import (
 )
 from image_classification.errors import UserError
 from image_classification.evaluation import fit_closed_form
+from image_classification.files import exclusive
 from image_classification.loggers import continue_logs
 
 log = logging.getLogger("trainer")
@@ -59,8 +60,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         L.seed_everything(cfg.seed, workers=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, "data")
-    if local_rank() == 0:  # one download per machine; under DDP the other processes start after it
-        datamodule.prepare_data()
+    prepare_data(datamodule)
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes)
     if cfg.fit is None:
@@ -138,9 +138,12 @@ def sweep_job_alone(hydra_cfg: DictConfig):
         os.environ.update(environment)
 
 
-def local_rank() -> int:
-    """This process's rank on its machine: 0 outside DDP, and in the process Lightning starts the others from."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+def prepare_data(datamodule) -> None:
+    """Download what the data config downloads, one process at a time: under DDP, whoever started the processes
+    (Lightning, torchrun, SLURM), the first downloads and the others, once it is done, find the files there."""
+    root = datamodule.root if datamodule.download else None
+    with exclusive(Path(root).expanduser() / ".prepare_data.lock") if root else contextlib.nullcontext():
+        datamodule.prepare_data()
 
 
 def objective(report: dict, name: str) -> float:

@@ -55,3 +55,19 @@ def process_alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         return True
     return True
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike) -> Iterator[None]:
+    """One process at a time inside, across the processes of a machine (and of machines sharing a file system
+    with working locks): the others wait at the door. ``lock_file`` is created, and left, for that."""
+    import fcntl
+
+    path = Path(lock_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)

@@ -227,3 +227,25 @@ class RankTestImages(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / f"rank{trainer.global_rank}.txt").write_text(str(self.count))
+
+
+class SlowDownload(torch.utils.data.Dataset):
+    """A dataset whose download (``download=True``) takes ``seconds`` and appends when it started and ended to
+    ``<root>/downloads.txt``: two downloads at once show as overlapping intervals."""
+
+    def __init__(self, root: str, download: bool = False, seconds: float = 0.5):
+        import os
+        import time
+
+        if download:
+            with open(Path(root) / "downloads.txt", "a") as log:
+                start = time.monotonic()
+                time.sleep(seconds)
+                log.write(f"{os.getpid()} {start} {time.monotonic()}\n")
+        self.targets = [0, 1] * 4
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return torch.zeros(1, 8, 8, dtype=torch.uint8), self.targets[index]

@@ -257,3 +257,29 @@ def test_loading_an_image_in_the_main_process_leaves_the_global_generators_as_th
     torch.manual_seed(0)
     datamodule.datasets["train"][(4, 123)]
     assert torch.equal(torch.rand(3), expected[0])
+
+
+def test_processes_started_together_download_one_at_a_time(tmp_path):
+    # torchrun and SLURM start every process at once, before any process group exists
+    import functools
+    import itertools
+    import multiprocessing
+
+    import trainer
+    from image_classification import DataModule
+    from tests.helpers import SlowDownload
+
+    factory = functools.partial(SlowDownload, root=str(tmp_path), download=True)
+    datamodule = DataModule(factory, num_classes=2, root=str(tmp_path), download=True, test_fraction=0.25)
+    processes = [multiprocessing.get_context("fork").Process(target=trainer.prepare_data, args=(datamodule,))
+                 for _ in range(3)]  # fmt: skip
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    intervals = sorted(
+        tuple(map(float, line.split()[1:])) for line in (tmp_path / "downloads.txt").read_text().splitlines()
+    )
+    assert len(intervals) == 3
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(intervals)), intervals

@@ -243,6 +243,11 @@ def test_two_ddp_processes_test_every_image_exactly_once(tmp_path):
     assert evaluate.returncode == 0, (evaluate.stdout + evaluate.stderr)[-3000:]
     single = json.loads((tmp_path / "logs/eval/metrics.json").read_text())
     assert report["metrics"]["test/acc"] == pytest.approx(single["metrics"]["test/acc"], abs=1e-6)
+    # report.json gathers both processes' predictions: every test image once, in order, as one process predicts
+    examples, single_examples = (json.loads((tmp_path / f"logs/{run}/report.json").read_text())["examples"]
+                                 for run in ("ddp", "eval"))  # fmt: skip
+    assert len(examples) == 359 and [e["id"] for e in examples] == [e["id"] for e in single_examples]
+    assert [e["predicted"] for e in examples] == [e["predicted"] for e in single_examples]
 
 
 @pytest.mark.slow

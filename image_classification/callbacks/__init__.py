@@ -154,12 +154,8 @@ class EvaluationReport(L.Callback):
             self.labels.append((targets.argmax(-1) if targets.ndim > 1 else targets).cpu())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.logits:
-            return
-        if trainer.world_size > 1:  # each process saw its own share of the test set
-            log.warning(
-                f"{self.path.name} is written by single-process tests only: this one ran on {trainer.world_size}"
-            )
+        logits, labels, positions = gather_predictions(trainer, self.logits, self.labels)
+        if not trainer.is_global_zero or not len(labels):
             return
         metadata = run_metadata_of(trainer) or {}
         tested = trainer.ckpt_path
@@ -169,14 +165,13 @@ class EvaluationReport(L.Callback):
             split: {k.split("/", 1)[1]: v for k, v in metrics.items() if "/acc_class/" not in k}
             for split, metrics in (("val", val_metrics), ("test", test_metrics))
         }
-        labels = torch.cat(self.labels)
         datamodule = trainer.datamodule
         ids = datamodule.example_ids("test") if hasattr(datamodule, "example_ids") else list(range(len(labels)))
         report = build_report(
-            logits=torch.cat(self.logits),
+            logits=logits,
             labels=labels,
             class_names=pl_module.class_names,
-            example_ids=ids[: len(labels)],  # the loader's order; a limited test ran its first batches
+            example_ids=[ids[i] for i in positions],  # a limited test ran its first batches
             config=metadata.get("config", {}),
             network=pl_module.network,
             split_metrics=splits,
@@ -190,6 +185,28 @@ class EvaluationReport(L.Callback):
         log.info(
             f"Report:          {self.path} (top-1 {100 * score['top1']:.2f}%, 95% CI {100 * low:.2f}-{100 * high:.2f})"
         )
+
+
+def gather_predictions(
+    trainer: L.Trainer, logits: list[torch.Tensor], labels: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``(logits, labels, positions)`` of the whole test on the first process, in test-set order: each image's
+    position in the test set with its logits and label. Under DDP process ``r`` of ``N`` scored positions
+    ``r, r + N, ...`` (the DataModule's unpadded evaluation sampler); the other processes get nothing."""
+    logits = torch.cat(logits) if logits else torch.empty(0)
+    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    world_size = trainer.world_size
+    positions = trainer.global_rank + world_size * torch.arange(len(labels))
+    if world_size > 1:
+        shares: list = [None] * world_size
+        torch.distributed.all_gather_object(shares, (logits, labels, positions))
+        if not trainer.is_global_zero:
+            return torch.empty(0), torch.empty(0, dtype=torch.long), []
+        shares = [share for share in shares if len(share[1])] or [(logits, labels, positions)]
+        logits, labels, positions = (torch.cat(parts) for parts in zip(*shares, strict=True))
+        order = positions.argsort()
+        logits, labels, positions = logits[order], labels[order], positions[order]
+    return logits, labels, positions.tolist()
 
 
 def flat_settings(config: dict, sections: Sequence[str], prefix: str = "") -> dict[str, str | int | float | bool]:
