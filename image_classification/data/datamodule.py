@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -20,7 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from image_classification.data.datasets import SPLITS
-from image_classification.data.sampling import EpochSampler, ResumableLoader, UnpaddedDistributedSampler, shuffle_seed
+from image_classification.data.images import BadImage, BadImages, collate_readable
+from image_classification.data.sampling import (
+    CheckedLoader,
+    EpochSampler,
+    ResumableLoader,
+    UnpaddedDistributedSampler,
+    shuffle_seed,
+)
 from image_classification.data.splits import dataset_targets, stratified_hold_out
 from image_classification.errors import DataError
 from image_classification.randomness import seeded
@@ -46,12 +53,16 @@ def held_out(fraction: float, size: int) -> int:
 
 
 class TransformedSubset(Dataset):
-    """``dataset[indices[i]]`` with ``transform`` applied to the image."""
+    """``dataset[indices[i]]`` with ``transform`` applied to the image. An image file the dataset cannot read
+    (:class:`~image_classification.data.images.BadImage`) is handed to ``bad_images`` and comes out as ``None``,
+    which the loader's collate leaves out; without ``bad_images`` it stops with one line naming the file."""
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Callable | None):
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Callable | None,
+                 bad_images: BadImages | None = None):  # fmt: skip
         self.dataset = dataset
         self.indices = list(range(len(dataset))) if indices is None else list(indices)
         self.transform = transform
+        self.bad_images = bad_images
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -60,9 +71,15 @@ class TransformedSubset(Dataset):
         """``index``, or ``(index, seed)``: the image's random transforms draw from generators seeded with
         ``seed`` (the training sampler's :class:`~image_classification.data.sampling.EpochSampler`)."""
         index, seed = index if isinstance(index, tuple) else (index, None)
-        with seeded(seed) if seed is not None and self.transform is not None else contextlib.nullcontext():
-            image, label = self.dataset[self.indices[index]]
-            return (self.transform(image) if self.transform else image), label
+        try:
+            with seeded(seed) if seed is not None and self.transform is not None else contextlib.nullcontext():
+                image, label = self.dataset[self.indices[index]]
+                return (self.transform(image) if self.transform else image), label
+        except BadImage as error:
+            if self.bad_images is None:
+                raise DataError(f"cannot read {error.path} ({error.reason}): fix or remove the file") from None
+            self.bad_images.skipped(error)
+            return None
 
 
 def class_names(dataset: Dataset) -> list[str] | None:
@@ -129,6 +146,8 @@ class DataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         drop_last: bool = False,
         features: Callable | None = None,
+        on_bad_image: Literal["skip", "raise"] = "skip",
+        max_bad_images: float = 0.001,
         **settings: Any,
     ):
         super().__init__()
@@ -166,6 +185,8 @@ class DataModule(L.LightningDataModule):
         )
         self.drop_last = drop_last
         self.features = features
+        BadImages(on_bad_image, max_bad_images)  # checks the values now
+        self.bad_images = {split: BadImages(on_bad_image, max_bad_images, split) for split in SPLITS}
         self.settings = settings
         self.datasets: dict[str, Dataset] = {}
         self.images: dict[str, TransformedSubset] = {}  # each split's images, also when it is served as features
@@ -221,20 +242,22 @@ class DataModule(L.LightningDataModule):
         (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
         held = {"test": test, "val": val}
         train_transform = self.eval_transform if self.features is not None else self.train_transform
-        self.datasets["train"] = TransformedSubset(full_train, train, train_transform)
+        self.datasets["train"] = TransformedSubset(full_train, train, train_transform, self.bad_images["train"])
         for name in ("val", "test"):
             if sets[name] is None:
-                self.datasets[name] = TransformedSubset(full_train, held[name], self.eval_transform)
+                self.datasets[name] = TransformedSubset(
+                    full_train, held[name], self.eval_transform, self.bad_images[name]
+                )
                 how = "stratified by class" if targets is not None else "at random (the dataset lists no targets)"
                 log.info(f"{name} set: {len(held[name])} images held out of the training set, {how}")
             else:
-                self.datasets[name] = TransformedSubset(sets[name], None, self.eval_transform)
+                self.datasets[name] = TransformedSubset(sets[name], None, self.eval_transform, self.bad_images[name])
         self.classes = class_names(full_train)
         self._check_classes(full_train, sets)
         for name in SPLITS:
             if len(self.datasets[name]) == 0:
                 raise DataError(f"the {name} set is empty: check the data folder and the split fractions")
-        image, label = self.datasets["train"][0]
+        image, label = self._first_readable("train")
         batch_transform = self.train_batch_transform if self.features is None else self.eval_batch_transform
         if batch_transform is not None:
             image = batch_transform(image[None], torch.tensor([label]))[0][0]
@@ -243,6 +266,15 @@ class DataModule(L.LightningDataModule):
         if self.features is not None:
             for name in SPLITS:
                 self.datasets[name] = TensorDataset(*self.features(name, self.images[name], self.eval_batch_transform))
+
+    def _first_readable(self, split: str) -> tuple[Any, Any]:
+        """The first training sample whose image can be read (for the checks of ``setup``)."""
+        dataset = self.datasets[split]
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            if sample is not None:
+                return sample
+        raise DataError(f"none of the {split} set's {len(dataset)} images can be read")
 
     def cached_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features, labels)`` of a split served as features (``data.features``)."""
@@ -326,6 +358,8 @@ class DataModule(L.LightningDataModule):
             # the loader's own generator seeds its workers: starting one draws nothing from the global generator,
             # whose state a checkpoint keeps for the training step
             generator=torch.Generator().manual_seed(0),
+            collate_fn=collate_readable,  # the images skipped as unreadable left out
+            bad_images=self.bad_images[name],
             # features are tensors in memory: worker processes would only add copies
             **(self.loader_kwargs if self.features is None else {}),
         )
@@ -339,7 +373,7 @@ class DataModule(L.LightningDataModule):
             return self._train_loader
         # Lightning's distributed sampler pads the last share with repeated images; scores would count them
         sampler = UnpaddedDistributedSampler(dataset, world_size, rank) if world_size > 1 else None
-        return DataLoader(dataset, sampler=sampler, **options)
+        return CheckedLoader(dataset, sampler=sampler, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
+from image_classification.data.images import load_image
 from image_classification.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -91,7 +93,12 @@ def image_folder_classes(root: str) -> int:
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
-    """torchvision's ImageFolder whose classes skip hidden folders, as :func:`image_folder_classes` does."""
+    """torchvision's ImageFolder whose classes skip hidden folders, as :func:`image_folder_classes` does, and
+    whose images are read whole and converted to 8-bit RGB (:func:`~image_classification.data.images.load_image`:
+    a broken file raises ``BadImage`` naming it)."""
+
+    def __init__(self, root: str, loader: Callable[[str], Any] = load_image, **kwargs: Any):
+        super().__init__(root, loader=loader, **kwargs)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = _class_names(Path(directory))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import default_loader
 
 from image_classification.data.datasets import ImageFolder
+from image_classification.data.images import load_image
 from image_classification.errors import DataError
 
 WNID = re.compile(r"n\d{8}")
@@ -94,4 +94,4 @@ class TinyImageNet(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return default_loader(str(path)), label
+        return load_image(path), label

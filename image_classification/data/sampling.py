@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from image_classification.data.images import BadImages
+
 
 def shuffle_seed(world_size: int) -> int:
     """The seed of the training order: the run's ``seed`` (the same in every process), else a random one, or 0
@@ -61,14 +63,36 @@ class EpochSampler(DistributedSampler):
         return iter(zip(order, seeds, strict=True)) if self.sample_seeds else iter(order)
 
 
-class ResumableLoader(DataLoader):
+class CheckedLoader(DataLoader):
+    """A DataLoader after each of whose batches ``bad_images`` names and counts the image files its dataset
+    skipped as unreadable, and stops the run when they are too many (or at the first, by config).
+
+    Iterating starts the loader (and its workers) at the first batch asked for, not when ``iter`` is called:
+    Lightning calls ``iter`` before it tells a resumed run's sampler its epoch.
+    """
+
+    def __init__(self, *args: Any, bad_images: BadImages | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.bad_images = bad_images
+
+    def __iter__(self) -> Iterator[Any]:
+        images = len(self.dataset)
+        # the pass's last batch (fewer in a resumed epoch): its check also counts the pass, since Lightning ends
+        # an epoch after its last batch without asking the loader for more
+        last = len(self) - 1 - getattr(self.sampler, "start", 0) // (self.batch_size or 1)
+        for index, batch in enumerate(super().__iter__()):
+            if self.bad_images is not None:
+                self.bad_images.check(images)
+                if index == last:
+                    self.bad_images.end_epoch(images)
+            yield batch
+
+
+class ResumableLoader(CheckedLoader):
     """A training loader that says where it is (the epoch's seed and number, and how many of its images were
     served) and continues from there: a run resumed from a checkpoint saved mid-epoch serves the rest of that
     epoch, in the same order, and then the next epochs as the uninterrupted run would have. Its sampler is an
     :class:`EpochSampler`.
-
-    Iterating starts the loader (and its workers) at the first batch asked for, not when ``iter`` is called:
-    Lightning calls ``iter`` before it tells the sampler a resumed run's epoch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):

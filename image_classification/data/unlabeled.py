@@ -9,6 +9,7 @@ import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
 
+from image_classification.data.images import load_image
 from image_classification.errors import DataError
 
 
@@ -28,7 +29,8 @@ class Unlabeled(Dataset):
 
 
 class UnlabeledImages(Dataset):
-    """Every image file under ``root``, in any nested layout, as RGB PIL images with their index."""
+    """Every image file under ``root``, in any nested layout, as RGB PIL images with their index (read as
+    :func:`~image_classification.data.images.load_image` reads them)."""
 
     def __init__(self, root: str | Path):
         root = Path(root).expanduser()
@@ -50,5 +52,4 @@ class UnlabeledImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        with Image.open(self.files[index]) as image:
-            return image.convert("RGB"), index
+        return load_image(self.files[index]), index

@@ -1,0 +1,97 @@
+"""Check a dataset without training: every image of every split read, and what is wrong listed.
+
+    python -m image_classification.check_data data=image_folder data.root=path/to/images
+    python -m image_classification.check_data experiment=imagenet-resnet50 data.root=/data/imagenet
+
+The overrides are trainer.py's: the splits are the ones a run would use (held-out ones included). Listed: each
+unreadable file with its path and why (truncated, empty, not an image), the images of each class in each
+split, classes without images in a split, and files with the same content in two splits (a test image that is
+also a training image). Exits 1 when it found unreadable files, empty classes or duplicates, else 0.
+"""
+
+import hashlib
+import logging
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from image_classification.config import instantiate, run_command, run_config_policy
+from image_classification.data.datasets import SPLITS
+from image_classification.data.images import BadImage
+
+log = logging.getLogger("check_data")
+
+
+class Scan(Dataset):
+    """Each image of the splits, read as training reads it: ``(split, file, label, content hash, problem)``."""
+
+    def __init__(self, datamodule: Any):
+        self.items = []
+        for split in SPLITS:
+            subset = datamodule.images[split]
+            files = datamodule.example_ids(split)
+            self.items += [
+                (split, subset.dataset, index, file) for index, file in zip(subset.indices, files, strict=True)
+            ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, str, int | None, str | None, str | None]:
+        split, dataset, index, file = self.items[i]
+        digest = hashlib.sha1(Path(file).read_bytes()).hexdigest() if isinstance(file, str) else None
+        try:
+            _, label = dataset[index]
+        except BadImage as error:
+            return split, str(file), None, digest, error.reason
+        return split, str(file), int(label), digest, None
+
+
+def check(cfg: DictConfig) -> int:
+    """Scan the data ``cfg`` configures; log the findings; 1 if anything is wrong, else 0."""
+    with run_config_policy():
+        datamodule = instantiate(cfg.data, "data")
+        datamodule.setup("fit")
+    classes = datamodule.classes or [str(i) for i in range(datamodule.num_classes)]
+    scan = Scan(datamodule)
+    loader = DataLoader(scan, batch_size=None, num_workers=datamodule.loader_kwargs["num_workers"])
+    unreadable, counts, by_hash = [], defaultdict(Counter), defaultdict(set)
+    for split, file, label, digest, problem in loader:
+        if problem is not None:
+            unreadable.append((file, problem))
+        else:
+            counts[split][label] += 1
+        if digest is not None:
+            by_hash[digest].add((split, file))
+
+    for split in SPLITS:
+        listed = ", ".join(f"{classes[c]} {n}" for c, n in sorted(counts[split].items()))
+        log.info(f"{split}: {sum(counts[split].values())} readable images, {len(counts[split])} classes ({listed})")
+    empty = [(split, name) for split in SPLITS for c, name in enumerate(classes) if not counts[split][c]]
+    duplicates = [sorted(files) for files in by_hash.values() if len({split for split, _ in files}) > 1]
+    for file, problem in unreadable:
+        log.warning(f"unreadable: {file} ({problem})")
+    for split, name in empty:
+        log.warning(f"empty class: {name} has no readable images in the {split} set")
+    for files in duplicates:
+        log.warning("the same image in two splits: " + " = ".join(f"{file} ({split})" for split, file in files))
+    problems = len(unreadable) + len(empty) + len(duplicates)
+    log.info(
+        f"{len(scan)} images checked: {len(unreadable)} unreadable, {len(empty)} empty classes, {len(duplicates)} "
+        "images in more than one split" + ("" if problems else ": nothing to fix")
+    )
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = ["paths.output_dir=logs/check_data", "print_config=false"]
+    status = run_command("train", check, __doc__, [*(sys.argv[1:] if argv is None else argv), *overrides])
+    return status or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
