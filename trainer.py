@@ -58,6 +58,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     ckpt_path = runs.resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
+    else:  # unseeded: not the training order of a seeded run before it in this process (a sweep's trials)
+        os.environ.pop("PL_GLOBAL_SEED", None)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, "data")
     prepare_data(datamodule)

@@ -311,3 +311,10 @@ def test_the_slurm_config_submits_one_task_per_gpu_told_to_save_before_its_time_
     job = subprocess.run([*command, "--cfg", "job", "--resolve"], cwd=tmp_path, capture_output=True, text=True)
     config = yaml.safe_load(job.stdout)
     assert (config["trainer"]["devices"], config["trainer"]["num_nodes"], config["resume"]) == (4, 2, "auto")
+
+
+def test_an_unseeded_run_does_not_take_the_training_order_of_a_seeded_run_before_it(make_config, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")  # what a seeded run (a sweep's trial before) leaves in the process
+    report = trainer.train(make_config("seed=null", "trainer.max_epochs=1", *QUICK))
+    order = read_checkpoint(report["last_checkpoint"])["DataModule"]["train_loader"]
+    assert order["seed"] != 42 and order["images"] == 3 * 64  # 3 batches of 64 served
