@@ -314,7 +314,9 @@ def test_the_slurm_config_submits_one_task_per_gpu_told_to_save_before_its_time_
 
 
 def test_an_unseeded_run_does_not_take_the_training_order_of_a_seeded_run_before_it(make_config, monkeypatch):
-    monkeypatch.setenv("PL_GLOBAL_SEED", "42")  # what a seeded run (a sweep's trial before) leaves in the process
+    # what a seeded run (a sweep's trial before) leaves in the process
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+    torch.manual_seed(42)
     report = trainer.train(make_config("seed=null", "trainer.max_epochs=1", *QUICK))
     order = read_checkpoint(report["last_checkpoint"])["DataModule"]["train_loader"]
     assert order["seed"] != 42 and order["images"] == 3 * 64  # 3 batches of 64 served

@@ -9,6 +9,7 @@ the checkpoint was read; a schedule that counts the run's steps does.)
 """
 
 import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,12 +20,13 @@ from image_classification.data.images import BadImages
 
 
 def shuffle_seed(world_size: int) -> int:
-    """The seed of the training order: the run's ``seed`` (the same in every process), else a random one, or 0
-    under DDP, where every process must shuffle alike."""
+    """The seed of the training order: the run's ``seed`` (the same in every process), else a new random one
+    (kept in the checkpoints, so a resumed run goes on in the same order), or 0 under DDP, where every process
+    must shuffle alike."""
     seed = os.environ.get("PL_GLOBAL_SEED")  # what lightning.seed_everything set
     if seed is not None:
         return int(seed)
-    return torch.initial_seed() % 2**62 if world_size == 1 else 0
+    return secrets.randbits(62) if world_size == 1 else 0
 
 
 class EpochSampler(DistributedSampler):
