@@ -36,7 +36,6 @@ from image_classification.config import (
 )
 from image_classification.errors import UserError
 from image_classification.evaluation import fit_closed_form
-from image_classification.files import exclusive
 from image_classification.loggers import continue_logs
 
 log = logging.getLogger("trainer")
@@ -62,7 +61,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         os.environ.pop("PL_GLOBAL_SEED", None)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, "data")
-    prepare_data(datamodule)
+    datamodule.prepare_data()  # one process at a time, however many there are
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes)
     if cfg.fit is None:
@@ -138,14 +137,6 @@ def sweep_job_alone(hydra_cfg: DictConfig):
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environment)
-
-
-def prepare_data(datamodule) -> None:
-    """Download what the data config downloads, one process at a time: under DDP, whoever started the processes
-    (Lightning, torchrun, SLURM), the first downloads and the others, once it is done, find the files there."""
-    root = datamodule.root if datamodule.download else None
-    with exclusive(Path(root).expanduser() / ".prepare_data.lock") if root else contextlib.nullcontext():
-        datamodule.prepare_data()
 
 
 def objective(report: dict, name: str) -> float:

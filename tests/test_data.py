@@ -265,13 +265,12 @@ def test_processes_started_together_download_one_at_a_time(tmp_path):
     import itertools
     import multiprocessing
 
-    import trainer
     from image_classification import DataModule
     from tests.helpers import SlowDownload
 
     factory = functools.partial(SlowDownload, root=str(tmp_path), download=True)
     datamodule = DataModule(factory, num_classes=2, root=str(tmp_path), download=True, test_fraction=0.25)
-    processes = [multiprocessing.get_context("fork").Process(target=trainer.prepare_data, args=(datamodule,))
+    processes = [multiprocessing.get_context("fork").Process(target=datamodule.prepare_data)
                  for _ in range(3)]  # fmt: skip
     for process in processes:
         process.start()

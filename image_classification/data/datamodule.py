@@ -3,7 +3,7 @@
 A dataset here is anything indexable that returns ``(image, label)`` with the image as a PIL image or a
 tensor; the DataModule applies the transforms, so a validation split carved out of a training set gets
 evaluation transforms, not augmentation. Datasets are configured as ``_partial_`` factories: nothing is
-read until ``setup``, and ``prepare_data`` (rank 0 only) calls the ones that download.
+read until ``setup``, and ``prepare_data`` (one process at a time) calls the ones that download.
 """
 
 import contextlib
@@ -30,6 +30,7 @@ from image_classification.data.sampling import (
 )
 from image_classification.data.splits import dataset_targets, stratified_hold_out
 from image_classification.errors import DataError
+from image_classification.files import exclusive
 from image_classification.randomness import seeded
 
 log = logging.getLogger(__name__)
@@ -185,21 +186,28 @@ class DataModule(L.LightningDataModule):
         )
         self.drop_last = drop_last
         self.features = features
-        BadImages(on_bad_image, max_bad_images)  # checks the values now
         self.bad_images = {split: BadImages(on_bad_image, max_bad_images, split) for split in SPLITS}
         self.settings = settings
         self.datasets: dict[str, Dataset] = {}
         self.images: dict[str, TransformedSubset] = {}  # each split's images, also when it is served as features
         self.classes: list[str] | None = None
         self._train_loader: ResumableLoader | None = None
+        self._prepared = False
         self._resume_position: dict[str, int] | None = None  # where a resumed run's training loader starts
 
     def prepare_data(self) -> None:
-        """Download the datasets when ``download`` is set (Lightning runs this on one process only)."""
-        if self.download:
+        """Download the datasets when ``download`` is set, one process at a time (a lock file in ``root``):
+        under DDP, whoever started the processes (Lightning, torchrun, SLURM), the first downloads and the
+        others, once it is done, find the files there. Once per process: trainer.py prepares before Lightning
+        would."""
+        if not self.download or self._prepared:
+            return
+        root = self._root()
+        with exclusive(root / ".prepare_data.lock") if root is not None else contextlib.nullcontext():
             for name, factory in self.factories.items():
                 if factory is not None:
                     self._build(name, factory)
+        self._prepared = True
 
     def _root(self) -> Path | None:
         return Path(self.root).expanduser().absolute() if self.root is not None else None

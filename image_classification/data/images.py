@@ -10,7 +10,6 @@ the run stopped once more files than ``max_bad_images`` were skipped; or the run
 import logging
 import math
 import multiprocessing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,16 +135,3 @@ def collate_readable(batch: list[Any]) -> Any:
         raise DataError(f"none of the {len(batch)} images of a batch could be read: check the data folder "
                         "(python -m image_classification.check_data)")  # fmt: skip
     return default_collate(readable)
-
-
-def image_loader(mode: Literal["RGB", "L"] = "RGB") -> Callable[[str], Image.Image]:
-    """A ``loader`` for torchvision's folder datasets: :func:`load_image` in ``mode``."""
-    return _ModeLoader(mode)
-
-
-class _ModeLoader:
-    def __init__(self, mode: Literal["RGB", "L"]):
-        self.mode = mode
-
-    def __call__(self, path: str) -> Image.Image:
-        return load_image(path, self.mode)

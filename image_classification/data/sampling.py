@@ -76,16 +76,18 @@ class CheckedLoader(DataLoader):
     def __init__(self, *args: Any, bad_images: BadImages | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.bad_images = bad_images
+        self.served = 0  # batches of the current pass served, those a resumed epoch skipped included
 
     def __iter__(self) -> Iterator[Any]:
         images = len(self.dataset)
-        # the pass's last batch (fewer in a resumed epoch): its check also counts the pass, since Lightning ends
-        # an epoch after its last batch without asking the loader for more
-        last = len(self) - 1 - getattr(self.sampler, "start", 0) // (self.batch_size or 1)
-        for index, batch in enumerate(super().__iter__()):
+        self.served = getattr(self.sampler, "start", 0) // (self.batch_size or 1)
+        for batch in super().__iter__():
+            self.served += 1
             if self.bad_images is not None:
                 self.bad_images.check(images)
-                if index == last:
+                # the pass's last batch also counts the pass: Lightning ends an epoch after its last batch
+                # without asking the loader for more
+                if self.served == len(self):
                     self.bad_images.end_epoch(images)
             yield batch
 
@@ -96,17 +98,6 @@ class ResumableLoader(CheckedLoader):
     epoch, in the same order, and then the next epochs as the uninterrupted run would have. Its sampler is an
     :class:`EpochSampler`.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.served = 0  # batches of the current epoch served
-
-    def __iter__(self) -> Iterator[Any]:
-        sampler = self.sampler
-        self.served = getattr(sampler, "start", 0) // self.batch_size
-        for batch in super().__iter__():
-            self.served += 1
-            yield batch
 
     def position(self) -> dict[str, int]:
         return {"seed": self.sampler.seed, "epoch": self.sampler.epoch, "images": self.served * self.batch_size}
