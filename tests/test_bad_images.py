@@ -8,11 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import photo_crops, write_image_folder
 from PIL import Image
 from test_errors import assert_clear_error, run_trainer
 
-from image_classification.data.images import BadImage, load_image
+from image_classification.data.images import BadImage, load_image, read_image
 
 BROKEN = {"truncated.jpg": "image file is truncated", "empty.jpg": "empty file", "notes.jpg": "not an image"}
 UNUSUAL = ("cmyk.jpg", "rgba.png", "deep.png", "grey.jpg", "palette.png")
@@ -39,13 +40,24 @@ def write_awkward_folder(root):
     return root, photo
 
 
-def test_unusual_images_become_8_bit_rgb_and_broken_ones_name_themselves(tmp_path):
+def as_pixels(read, path) -> np.ndarray:
+    """What ``read`` makes of ``path``, as an H x W x 3 array, after checking it is 8-bit RGB."""
+    image = read(path)
+    if isinstance(image, torch.Tensor):
+        assert image.dtype == torch.uint8 and image.shape[0] == 3
+        return image.permute(1, 2, 0).numpy().astype(float)
+    assert image.mode == "RGB"
+    return np.asarray(image, dtype=float)
+
+
+@pytest.mark.parametrize("read", [load_image, read_image], ids=["PIL", "tensor"])
+def test_unusual_images_become_8_bit_rgb_and_broken_ones_name_themselves(tmp_path, read):
     root, photo = write_awkward_folder(tmp_path / "photos")
     grey = np.asarray(photo.convert("L"), dtype=float)
     for name in UNUSUAL:
-        image = load_image(root / "cat" / name)
-        assert (image.mode, image.size) == ("RGB", photo.size), name
-        pixels = np.asarray(image, dtype=float)
+        pixels = as_pixels(read, root / "cat" / name)
+        assert pixels.shape[1::-1] == photo.size, name
+        assert np.array_equal(pixels, np.asarray(load_image(root / "cat" / name), dtype=float)) or name == "cmyk.jpg"
         if name == "rgba.png":  # fully transparent: white, as a viewer shows it
             assert pixels.min() == 255
         elif name in ("deep.png", "grey.jpg"):  # 16 bits scaled to 8, not clipped to white
@@ -54,7 +66,7 @@ def test_unusual_images_become_8_bit_rgb_and_broken_ones_name_themselves(tmp_pat
             assert abs(pixels - np.asarray(photo, dtype=float)).mean() < 6, name
     for name, reason in BROKEN.items():
         with pytest.raises(BadImage, match=re.escape(reason)) as caught:
-            load_image(root / "cat" / name)
+            read(root / "cat" / name)
         assert caught.value.path == str(root / "cat" / name)
 
 

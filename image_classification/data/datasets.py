@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from image_classification.data.images import load_image
+from image_classification.data.images import read_image
 from image_classification.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -94,10 +94,11 @@ def image_folder_classes(root: str) -> int:
 
 class ImageFolder(torchvision.datasets.ImageFolder):
     """torchvision's ImageFolder whose classes skip hidden folders, as :func:`image_folder_classes` does, and
-    whose images are read whole and converted to 8-bit RGB (:func:`~image_classification.data.images.load_image`:
-    a broken file raises ``BadImage`` naming it)."""
+    whose images are read whole as uint8 RGB tensors (:func:`~image_classification.data.images.read_image`: JPEGs
+    decoded by libjpeg-turbo, unusual images converted, a broken file raises ``BadImage`` naming it). ``loader=
+    image_classification.data.images.load_image`` reads PIL images instead, for transforms that need them."""
 
-    def __init__(self, root: str, loader: Callable[[str], Any] = load_image, **kwargs: Any):
+    def __init__(self, root: str, loader: Callable[[str], Any] = read_image, **kwargs: Any):
         super().__init__(root, loader=loader, **kwargs)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:

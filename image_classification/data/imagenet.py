@@ -10,7 +10,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from image_classification.data.datasets import ImageFolder
-from image_classification.data.images import load_image
+from image_classification.data.images import read_image
 from image_classification.errors import DataError
 
 WNID = re.compile(r"n\d{8}")
@@ -94,4 +94,4 @@ class TinyImageNet(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return load_image(path), label
+        return read_image(path), label

@@ -3,10 +3,13 @@
 Every real dataset has a few broken files (truncated downloads, zero bytes, HTML saved as ``.jpg``) and many
 unusual ones (CMYK JPEGs, transparent PNGs, palette, 16-bit and grey images). :func:`load_image` decodes the
 whole file, so a broken one fails here, naming itself, and converts the unusual ones to 8-bit RGB (or grey).
+:func:`read_image` does the same into a uint8 tensor, decoding JPEGs with libjpeg-turbo directly (simplejpeg):
+the per-image transforms then work on uint8 tensors, and the batch becomes float on the training device.
 :class:`BadImages` decides what a broken file does to a run: skipped with a warning naming it, counted, and
 the run stopped once more files than ``max_bad_images`` were skipped; or the run stopped at the first.
 """
 
+import io
 import logging
 import math
 import multiprocessing
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import simplejpeg
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 
@@ -43,6 +48,42 @@ def load_image(path: str | Path, mode: Literal["RGB", "L"] = "RGB") -> Image.Ima
         raise BadImage(path, reason) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage(path, f"{type(err).__name__}: {err}") from None
+
+
+JPEG_START = b"\xff\xd8\xff"
+
+
+def read_image(path: str | Path, mode: Literal["RGB", "L"] = "RGB") -> torch.Tensor:
+    """The image in ``path`` as a uint8 C x H x W tensor in ``mode``: what :func:`load_image` gives, faster.
+
+    JPEGs are decoded by libjpeg-turbo straight into an array (simplejpeg, strict: a truncated or corrupt file
+    fails); what it does not decode (CMYK JPEGs, other formats, and broken files, which then raise
+    :class:`BadImage` naming themselves) goes through :func:`load_image`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise BadImage(path, f"{type(err).__name__}: {err}") from None
+    return decode_image(data, path, mode)
+
+
+def decode_image(data: bytes, path: str | Path, mode: Literal["RGB", "L"] = "RGB") -> torch.Tensor:
+    """``data``, the bytes of an image file (``path`` names it in errors), as :func:`read_image` reads it."""
+    if data.startswith(JPEG_START):
+        try:
+            array = simplejpeg.decode_jpeg(data, colorspace="RGB" if mode == "RGB" else "GRAY")
+            return torch.from_numpy(array).permute(2, 0, 1)
+        except ValueError:
+            pass  # CMYK, or broken: PIL converts the first and says what is wrong with the second
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            image = to_mode(image, mode)
+    except UnidentifiedImageError:
+        raise BadImage(path, "empty file" if not data else "not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImage(path, f"{type(err).__name__}: {err}") from None
+    array = np.asarray(image)
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
 
 
 def to_mode(image: Image.Image, mode: Literal["RGB", "L"]) -> Image.Image:

@@ -5,11 +5,11 @@ puzzle's evaluation permutation is a function of it)."""
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import torchvision
-from PIL import Image
 from torch.utils.data import Dataset
 
-from image_classification.data.images import load_image
+from image_classification.data.images import read_image
 from image_classification.errors import DataError
 
 
@@ -29,8 +29,8 @@ class Unlabeled(Dataset):
 
 
 class UnlabeledImages(Dataset):
-    """Every image file under ``root``, in any nested layout, as RGB PIL images with their index (read as
-    :func:`~image_classification.data.images.load_image` reads them)."""
+    """Every image file under ``root``, in any nested layout, as uint8 RGB tensors with their index (read as
+    :func:`~image_classification.data.images.read_image` reads them)."""
 
     def __init__(self, root: str | Path):
         root = Path(root).expanduser()
@@ -51,5 +51,5 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return load_image(self.files[index]), index
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return read_image(self.files[index]), index

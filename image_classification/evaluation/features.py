@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import to_pil_image
 
 from image_classification.data.datamodule import TransformedSubset
 from image_classification.files import atomic_path
@@ -140,7 +141,8 @@ class FeatureCache:
                 f"data.features.transform=backbone: {type(self.backbone.network).__name__} has no preprocessing "
                 "of its own; use data.features.transform=data"
             )
-        return TransformedSubset(getattr(dataset, "dataset", dataset), getattr(dataset, "indices", None), transform)
+        images = getattr(dataset, "dataset", dataset)
+        return TransformedSubset(images, getattr(dataset, "indices", None), OnPILImages(transform))
 
     @torch.no_grad()
     def compute(
@@ -169,6 +171,20 @@ class FeatureCache:
             f"({len(dataset) / max(seconds, 1e-9):.0f} images/s)"
         )
         return features, labels
+
+
+class OnPILImages:
+    """``transform`` on images as PIL images: a backbone's own preprocessing (timm's, open_clip's) expects them,
+    and the datasets read files as uint8 tensors."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, image: Any) -> Any:
+        return self.transform(to_pil_image(image) if isinstance(image, torch.Tensor) else image)
+
+    def __repr__(self) -> str:  # what the cache key records: the preprocessing itself
+        return repr(self.transform)
 
 
 def clear_memory() -> None:
