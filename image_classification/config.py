@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from image_classification.data import image_folder_classes, usable_cpus
+from image_classification.data import image_folder_classes, shard_classes, usable_cpus
 from image_classification.errors import UserError
 from image_classification.sweeps import continued_seed
 
@@ -291,6 +291,8 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     # Not so: the training loader continues its epoch through the DataModule's state (data/sampling.py)
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    # litdata's notes on how it reads shards (in place, or its cache's size) on every split of every run
+    logging.getLogger("litdata").setLevel(logging.WARNING)
 
 
 def device_count(accelerator: Any, devices: Any) -> int:
@@ -318,6 +320,7 @@ def register_resolvers() -> None:
     """Resolvers for derived values, so the printed config shows what ran."""
     resolvers = {
         "image_folder_classes": image_folder_classes,
+        "shard_classes": shard_classes,
         # The resize before a centre crop of `size` that keeps `crop_ratio` of the image: 256 for 224.
         "resize_for_crop": lambda size, crop_ratio: round(size / crop_ratio),
         # Loader defaults chosen from the machine the run is on.

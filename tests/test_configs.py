@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from image_classification.config import check_types, instantiate, instantiate_each
 from image_classification.errors import UserError
+from image_classification.make_shards import main as make_shards
 
 GROUPS = [
     "data",
@@ -62,6 +63,10 @@ def test_data(make_config, tmp_path, choice):
     elif choice == "jigsaw_folder":
         root = write_image_folder(data_dir / "photos")
         extra = [f"data.root={root}", "data.resize=48", "data.crop_size=48", "data.image_size=12", "data.num_workers=0"]
+    elif choice == "shards":
+        photos = write_image_folder(data_dir / "photos")
+        make_shards(["data=image_folder", f"data.root={photos}", f"out={data_dir / 'shards'}", "data.num_workers=0"])
+        extra = [f"data.root={data_dir / 'shards'}", "data.image_size=32", "data.batch_size=4", "data.num_workers=0"]
     cfg = make_config(f"data={choice}", *extra)
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")

@@ -10,6 +10,7 @@ from conftest import choices, photos, write_image_folder
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import to_pil_image
 
 import trainer
 from image_classification import compare, load_model, load_network
@@ -437,7 +438,7 @@ def test_open_clip_weights_from_a_local_file_and_a_linear_evaluation_with_its_pr
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")  # the same features again: open_clip's preprocessing of the photos, not the data's
     photo, _ = datamodule.images["test"].dataset[datamodule.images["test"].indices[0]]
-    expected = loaded.eval()(loaded.preprocess(photo)[None])
+    expected = loaded.eval()(loaded.preprocess(to_pil_image(photo))[None])  # open_clip's takes PIL images
     torch.testing.assert_close(datamodule.cached_features("test")[0][:1], expected, atol=1e-4, rtol=1e-4)
     assert 0 <= report["metrics"]["test/acc"] <= 1
     rebuilt = load_network(report["tested_checkpoint"])  # the probe, rebuilt without downloading anything

@@ -1,10 +1,11 @@
-"""Data: the DataModule, the datasets, held-out splits, the ImageNet layouts, and jigsaw puzzles."""
+"""Data: the DataModule, the datasets, held-out splits, the ImageNet layouts, shards, and jigsaw puzzles."""
 
 from image_classification.data.datamodule import DataModule, TransformedSubset, class_names, usable_cpus
 from image_classification.data.datasets import CIFAR10, Digits, ImageFolder, image_folder, image_folder_classes
 from image_classification.data.imagenet import TinyImageNet, imagenet
 from image_classification.data.jigsaw import Jigsaw, reassemble
 from image_classification.data.permutations import permutation_set
+from image_classification.data.shards import Shards, shard_classes
 from image_classification.data.splits import dataset_targets, stratified_hold_out
 from image_classification.data.unlabeled import Unlabeled, UnlabeledImages
 
@@ -14,6 +15,7 @@ __all__ = [
     "Digits",
     "ImageFolder",
     "Jigsaw",
+    "Shards",
     "TinyImageNet",
     "TransformedSubset",
     "Unlabeled",
@@ -25,6 +27,7 @@ __all__ = [
     "imagenet",
     "permutation_set",
     "reassemble",
+    "shard_classes",
     "stratified_hold_out",
     "usable_cpus",
 ]

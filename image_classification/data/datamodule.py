@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from image_classification.data.datasets import SPLITS
 from image_classification.data.images import BadImage, BadImages, collate_readable
@@ -191,7 +191,7 @@ class DataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.images: dict[str, TransformedSubset] = {}  # each split's images, also when it is served as features
         self.classes: list[str] | None = None
-        self._train_loader: ResumableLoader | None = None
+        self._train_loader: ResumableLoader | Any = None  # or a StreamLoader of shards
         self._prepared = False
         self._resume_position: dict[str, int] | None = None  # where a resumed run's training loader starts
 
@@ -246,11 +246,18 @@ class DataModule(L.LightningDataModule):
             raise DataError("there is no test set: configure data.test_set or set data.test_fraction > 0")
         if sets["val"] is None and n_val == 0:
             raise DataError("there is no validation set: configure data.val_set or set data.val_fraction > 0")
-        targets = dataset_targets(full_train)
+        streamed = isinstance(full_train, IterableDataset) and self.features is None
+        if isinstance(full_train, IterableDataset) and (n_test or n_val):
+            missing = "test" if n_test else "val"
+            raise DataError(f"data.{missing}_set is needed: a streamed training set has no images to hold out")
+        targets = dataset_targets(full_train) if not streamed else None
         (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
         held = {"test": test, "val": val}
         train_transform = self.eval_transform if self.features is not None else self.train_transform
-        self.datasets["train"] = TransformedSubset(full_train, train, train_transform, self.bad_images["train"])
+        if streamed:  # shards: read and transformed in the stream, each process and worker its own part
+            self.datasets["train"] = full_train.stream(train_transform, self.bad_images["train"])
+        else:
+            self.datasets["train"] = TransformedSubset(full_train, train, train_transform, self.bad_images["train"])
         for name in ("val", "test"):
             if sets[name] is None:
                 self.datasets[name] = TransformedSubset(
@@ -371,6 +378,15 @@ class DataModule(L.LightningDataModule):
             # features are tensors in memory: worker processes would only add copies
             **(self.loader_kwargs if self.features is None else {}),
         )
+        if name == "train" and isinstance(dataset, IterableDataset):
+            from image_classification.data.shards import StreamLoader
+
+            dataset.share(world_size, rank, getattr(self.trainer, "num_nodes", 1), shuffle_seed(world_size))
+            self._train_loader = StreamLoader(dataset, drop_last=self.drop_last, **options)
+            if self._resume_position is not None:
+                self._train_loader.seek(self._resume_position)
+                self._resume_position = None
+            return self._train_loader
         if name == "train":
             sampler = EpochSampler(dataset, world_size, rank, seed=shuffle_seed(world_size),
                                    sample_seeds=isinstance(dataset, TransformedSubset))  # fmt: skip

@@ -78,9 +78,13 @@ class CheckedLoader(DataLoader):
         self.bad_images = bad_images
         self.served = 0  # batches of the current pass served, those a resumed epoch skipped included
 
+    def first_batch(self) -> int:
+        """The number of the pass's first batch: past 0 in a resumed epoch."""
+        return getattr(self.sampler, "start", 0) // (self.batch_size or 1)
+
     def __iter__(self) -> Iterator[Any]:
         images = len(self.dataset)
-        self.served = getattr(self.sampler, "start", 0) // (self.batch_size or 1)
+        self.served = self.first_batch()
         for batch in super().__iter__():
             self.served += 1
             if self.bad_images is not None:

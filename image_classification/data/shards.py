@@ -1,0 +1,127 @@
+"""Images in shards, streamed: ``python -m image_classification.make_shards`` writes a run's splits as litdata
+chunks (each image file's bytes, or the image pre-resized and re-encoded as JPEG, with its label), and
+``data=shards`` reads them back, locally or from object storage (``s3://...``).
+
+A split is a litdata ``StreamingDataset``: the training split streams (each DDP process and each of its loader
+workers reads its own chunks, an epoch shuffles chunks and the images within them, and the loader's state,
+kept in every checkpoint, lets a resumed run continue the stream); the evaluation splits are read in order.
+
+Layout under the root: ``manifest.json`` (classes, images per split and class, what was skipped), and one
+folder per split (``train/``, ``val/``, ``test/``) of ``chunk-*.bin`` files and litdata's ``index.json``.
+"""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+from litdata import StreamingDataLoader, StreamingDataset
+from litdata.utilities.env import _DistributedEnv
+
+from image_classification.data.images import BadImage, BadImages, decode_image
+from image_classification.data.sampling import CheckedLoader
+from image_classification.errors import DataError
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(root: str) -> dict[str, Any]:
+    """The manifest of the shards under ``root`` (a folder, or a URL fsspec opens: ``s3://`` needs s3fs)."""
+    path = f"{str(root).rstrip('/')}/{MANIFEST}"
+    try:
+        with fsspec.open(path, "r") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} does not exist: data.root must be a folder written by python -m "
+            "image_classification.make_shards (out=...)"
+        ) from None
+    except ImportError as err:  # fsspec's "install s3fs to access S3"
+        raise DataError(f"cannot read {path}: {err}") from None
+
+
+def shard_classes(root: str) -> int:
+    """How many classes the shards under ``root`` have (the ``${shard_classes:...}`` resolver)."""
+    return len(read_manifest(root)["classes"])
+
+
+class Shards(StreamingDataset):
+    """One split of the shards under ``root``: ``(image, label)``, the image a uint8 C x H x W tensor (decoded as
+    :func:`~image_classification.data.images.read_image` decodes files). ``classes`` are the class names.
+
+    Indexed (``shards[i]``) it reads the split's images in order, as the evaluation loaders do; iterated, it
+    streams them (the training loader, :class:`StreamLoader`), once :meth:`stream` gave it its transform.
+
+    Args:
+        cache_dir: where chunks of remote shards are kept while read (litdata's default: a folder under
+            ``~/.lightning`` or ``/cache``); local shards are read in place.
+        max_cache_size: how much of the cache litdata may fill (``"50GB"``) before it deletes chunks it read.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        cache_dir: str | None = None,
+        max_cache_size: int | str | None = None,
+    ):
+        manifest = read_manifest(root)
+        if split not in manifest["splits"]:
+            raise DataError(f"the shards under {root} have no {split} split ({', '.join(manifest['splits'])})")
+        super().__init__(f"{str(root).rstrip('/')}/{split}", cache_dir=cache_dir, max_cache_size=max_cache_size)
+        self.root, self.split = str(root), split
+        self.classes = list(manifest["classes"])
+        files = manifest["splits"][split].get("files")  # evaluation splits list their files, for reports
+        self.samples = [tuple(entry) for entry in files] if files else None
+        self.image_transform: Callable | None = None
+        self.bad_images: BadImages | None = None
+
+    def stream(self, transform: Callable | None, bad_images: BadImages | None) -> "Shards":
+        """Serve this split as a stream (the training loader): each image through ``transform``, the unreadable
+        ones handed to ``bad_images`` and left out of their batch."""
+        self.image_transform, self.bad_images = transform, bad_images
+        self.set_shuffle(True)
+        return self
+
+    def share(self, world_size: int, rank: int, num_nodes: int, seed: int) -> None:
+        """Read this process's share of the stream, shuffled from ``seed``: its own chunks among ``world_size``
+        processes, all with the same number of batches (litdata leaves out the last few images of an epoch
+        that do not make up a batch on every process)."""
+        self.distributed_env = _DistributedEnv(world_size, rank, num_nodes)
+        self.drop_last = world_size > 1
+        self.seed = seed % 2**31  # litdata's shuffles seed NumPy's legacy generator with seed + epoch
+        self.shuffler = None  # drawn again for the new share
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        file = bytes(item["file"]).decode()
+        if self.image_transform is None and self.bad_images is None:
+            return decode_image(bytes(item["image"]), file), item["label"]
+        try:
+            image = decode_image(bytes(item["image"]), file)
+            return (self.image_transform(image) if self.image_transform else image), item["label"]
+        except BadImage as error:
+            if self.bad_images is None:
+                raise DataError(f"cannot read {error.path} ({error.reason}): write the shards again") from None
+            self.bad_images.skipped(error)
+            return None
+
+
+class StreamLoader(CheckedLoader, StreamingDataLoader):
+    """The training loader of streamed :class:`Shards`: litdata's loader, whose state (epoch, images served)
+    the DataModule keeps in every checkpoint so that a resumed run continues the stream, and after each of whose
+    batches the unreadable images are named and counted as in any loader here."""
+
+    def first_batch(self) -> int:
+        return self._num_samples_yielded_streaming // self.batch_size if self.restore else 0
+
+    def position(self) -> dict[str, Any]:
+        return {"stream": self.state_dict()}
+
+    def seek(self, state: dict[str, Any]) -> None:
+        """Continue where :meth:`position` was: the next batch is the one after it, in the same shuffle."""
+        if "stream" not in state:
+            raise DataError("the checkpoint's training loader did not read shards: resume it with the data it used")
+        self.dataset.seed = state["stream"]["dataset"]["seed"]
+        self.dataset.shuffler = None
+        self.load_state_dict(state["stream"])
