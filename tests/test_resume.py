@@ -17,6 +17,7 @@ from test_errors import assert_clear_error, run_trainer
 import trainer
 from image_classification import read_checkpoint
 from image_classification.errors import UserError
+from image_classification.make_shards import main as make_shards
 
 QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "logger=none"]
 
@@ -174,6 +175,8 @@ KILL = ["+callbacks.kill._target_=tests.helpers.SignalSelf", "+callbacks.kill.si
         pytest.param("digits-short-epochs", (2, 1), 10, id="epoch-end", marks=pytest.mark.slow),
         # per-image augmentation in 2 loader workers: each image's own seed
         pytest.param("photos", (1, 4), 12, id="photos-in-workers", marks=pytest.mark.slow),
+        # shards streamed by 2 workers: the stream's position, and each image's own seed
+        pytest.param("shards", (1, 4), 12, id="shards-streamed", marks=pytest.mark.slow),
     ],
 )
 def test_a_killed_run_resumed_ends_with_the_weights_and_metrics_of_a_run_never_stopped(
@@ -185,7 +188,14 @@ def test_a_killed_run_resumed_ends_with_the_weights_and_metrics_of_a_run_never_s
         "photos": [f"data.root={write_image_folder(tmp_path / 'photos', per_class=12)}", "data=image_folder",
                    "data.image_size=32", "data.batch_size=4", "data.num_workers=2", "data/auto_augment=randaugment",
                    "callbacks.last_checkpoint.every_n_train_steps=2"],
-    }[setting]  # fmt: skip
+    }.get(setting)  # fmt: skip
+    if setting == "shards":
+        photos = write_image_folder(tmp_path / "photos", per_class=12)
+        make_shards(["data=image_folder", f"data.root={photos}", f"out={tmp_path / 'shards'}", "data.num_workers=0",
+                     "chunk_bytes=20KB"])  # fmt: skip
+        settings = [f"data.root={tmp_path / 'shards'}", "data=shards", "data.image_size=32", "data.batch_size=4",
+                    "data.num_workers=2", "data/auto_augment=randaugment",
+                    "callbacks.last_checkpoint.every_n_train_steps=2"]  # fmt: skip
     common = [*EXACT, *settings, "trainer.max_epochs=3"]
     whole = run_trainer(tmp_path, "hydra.run.dir=logs/whole", *common)
     assert whole.returncode == 0, whole.stderr[-2000:]

@@ -21,6 +21,7 @@ from litdata.utilities.env import _DistributedEnv
 from image_classification.data.images import BadImage, BadImages, decode_image
 from image_classification.data.sampling import CheckedLoader
 from image_classification.errors import DataError
+from image_classification.randomness import seeded
 
 MANIFEST = "manifest.json"
 
@@ -43,6 +44,11 @@ def read_manifest(root: str) -> dict[str, Any]:
 def shard_classes(root: str) -> int:
     """How many classes the shards under ``root`` have (the ``${shard_classes:...}`` resolver)."""
     return len(read_manifest(root)["classes"])
+
+
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed for image ``index`` in ``epoch`` of a stream shuffled from ``seed``."""
+    return hash((seed, epoch, int(index))) % 2**62
 
 
 class Shards(StreamingDataset):
@@ -99,7 +105,12 @@ class Shards(StreamingDataset):
             return decode_image(bytes(item["image"]), file), item["label"]
         try:
             image = decode_image(bytes(item["image"]), file)
-            return (self.image_transform(image) if self.image_transform else image), item["label"]
+            if self.image_transform is None:
+                return image, item["label"]
+            # the image's own seed in this epoch: augmented alike whichever worker streams it, so that a resumed
+            # run's images are the uninterrupted run's
+            with seeded(image_seed(self.seed, self.current_epoch, getattr(index, "index", index))):
+                return self.image_transform(image), item["label"]
         except BadImage as error:
             if self.bad_images is None:
                 raise DataError(f"cannot read {error.path} ({error.reason}): write the shards again") from None
