@@ -30,11 +30,12 @@ lint: $(STAMP)  ## ruff lint and format check
 format: $(STAMP)  ## ruff fix and format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-bench: $(STAMP)  ## framework overhead against plain PyTorch, ResNet-50 throughput, linear evaluation, sweeps
+bench: $(STAMP)  ## framework overhead against plain PyTorch, ResNet-50 throughput, linear evaluation, sweeps, the input pipeline
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/linear_eval.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:  ## remove the virtual environment and caches (keeps logs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

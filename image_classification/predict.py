@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import torch
 from omegaconf import DictConfig
 from rich.progress import track
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from image_classification.config import one_line, run_command
+from image_classification.data.images import BadImage, read_image
 from image_classification.errors import UserError
 from image_classification.evaluation.features import resolve_device
 from image_classification.files import atomic_path
@@ -63,11 +63,14 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        mode = "L" if self.preprocess.channels == 1 else "RGB"
+        try:  # read and converted as training reads files; a broken one fails here, whole, naming itself
+            image = read_image(self.files[index], mode)
+        except BadImage as err:
+            return index, None, err.reason
         try:
-            with PIL.Image.open(self.files[index]) as image:
-                image.load()  # decode it all now: a truncated file fails here, not halfway through a transform
-                return index, self.preprocess.image(image), None
-        except Exception as err:  # whatever a broken file raises (OSError, SyntaxError, ValueError, ...)
+            return index, self.preprocess.image(image), None
+        except Exception as err:  # a preprocessing that cannot take this image
             return index, None, f"{type(err).__name__}: {one_line(err)}"
 
 

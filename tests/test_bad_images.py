@@ -127,3 +127,13 @@ def test_check_data_lists_every_problem_and_passes_clean_data(tmp_path):
                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 unreadable, 0 empty classes, 0 images in more than one split: nothing to fix" in result.stderr
+
+
+def test_cached_features_stop_at_an_unreadable_image_naming_it(tmp_path):
+    """Cached features are every image's or none: a broken file stops the run with one line naming it."""
+    root, _ = write_awkward_folder(tmp_path / "photos")
+    result = run_trainer(tmp_path, "experiment=linear-eval", "data=image_folder", f"data.root={root}",
+                         "data.image_size=32", "data.num_workers=2", "logger=none")  # fmt: skip
+    assert_clear_error(result, "cached features need every image", "check_data")
+    output = result.stdout + result.stderr
+    assert re.search(r"cannot read .*/cat/(truncated|empty|notes)\.jpg", output), output[-2000:]

@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import to_pil_image
 
 from image_classification.data.datamodule import TransformedSubset
+from image_classification.data.images import BadImages, collate_readable
+from image_classification.errors import DataError
 from image_classification.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -150,15 +152,25 @@ class FeatureCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         start = time.perf_counter()
         self.backbone.to(self.device).eval()
+        bad_images = BadImages("skip", 0, split)  # what the workers could not read, told to this process
+        if isinstance(dataset, TransformedSubset):
+            dataset = TransformedSubset(dataset.dataset, dataset.indices, dataset.transform, bad_images)
         loader = DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
+            collate_fn=collate_readable,
         )
         features, labels = [], []
         for images, targets in loader:
+            if not bad_images.queue.empty():  # each image has its features, or the split has none
+                path, reason = bad_images.queue.get()
+                raise DataError(
+                    f"cannot read {path} ({reason}): cached features need every image of the {split} "
+                    "set; fix or remove the file (python -m image_classification.check_data lists them)"
+                )
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
             if batch_transform is not None:
                 images, targets = batch_transform(images, targets)
