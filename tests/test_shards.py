@@ -64,6 +64,17 @@ def test_shards_hold_every_image_and_label_of_every_split(tmp_path):
     ] * 4
 
 
+def test_an_evaluation_split_in_a_ddp_process_holds_every_image(tmp_path, monkeypatch):
+    """litdata counts a process's share; the evaluation loaders share the split among processes themselves."""
+    from litdata.utilities.env import _DistributedEnv
+
+    out = shards_of(tmp_path, write_distinct_folder(tmp_path / "photos"))
+    monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls: _DistributedEnv(2, 1, 1)))
+    shards = Shards(str(out), "test")
+    assert shards.distributed_env.world_size == 2 and len(shards) == 12
+    assert len({hashlib.sha1(shards[i][0].numpy().tobytes()).hexdigest() for i in range(len(shards))}) == 12
+
+
 def test_pre_resized_shards_keep_the_longer_side_within_max_side(tmp_path):
     root = write_image_folder(tmp_path / "photos", per_class=4)  # 48x48 crops
     out = shards_of(tmp_path, root, "max_side=32", "quality=95")

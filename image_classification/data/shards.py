@@ -64,6 +64,8 @@ class Shards(StreamingDataset):
         max_cache_size: how much of the cache litdata may fill (``"50GB"``) before it deletes chunks it read.
     """
 
+    streamed = False  # until stream()
+
     def __init__(
         self,
         root: str,
@@ -79,13 +81,18 @@ class Shards(StreamingDataset):
         self.classes = list(manifest["classes"])
         files = manifest["splits"][split].get("files")  # evaluation splits list their files, for reports
         self.samples = [tuple(entry) for entry in files] if files else None
+        self.images = int(manifest["splits"][split]["images"])
         self.image_transform: Callable | None = None
         self.bad_images: BadImages | None = None
+
+    def __len__(self) -> int:
+        """The images of the split; streamed, those of this process's share of an epoch."""
+        return super().__len__() if self.streamed else self.images
 
     def stream(self, transform: Callable | None, bad_images: BadImages | None) -> "Shards":
         """Serve this split as a stream (the training loader): each image through ``transform``, the unreadable
         ones handed to ``bad_images`` and left out of their batch."""
-        self.image_transform, self.bad_images = transform, bad_images
+        self.image_transform, self.bad_images, self.streamed = transform, bad_images, True
         self.set_shuffle(True)
         return self
 
@@ -101,7 +108,7 @@ class Shards(StreamingDataset):
     def __getitem__(self, index: Any) -> Any:
         item = super().__getitem__(index)
         file = bytes(item["file"]).decode()
-        if self.image_transform is None and self.bad_images is None:
+        if not self.streamed:
             return decode_image(bytes(item["image"]), file), item["label"]
         try:
             image = decode_image(bytes(item["image"]), file)
