@@ -177,3 +177,15 @@ def test_data_root_without_shards_is_one_clear_line(tmp_path, missing):
 
     result = run_trainer(tmp_path, "data=shards", f"data.root={tmp_path / missing}")
     assert_clear_error(result, "manifest.json does not exist", "make_shards")
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_on_shards_and_test_every_image_once(tmp_path):
+    out = shards_of(tmp_path, write_distinct_folder(tmp_path / "photos", per_class=8))
+    result = run_trainer(tmp_path, "trainer=ddp_cpu", "data=shards", f"data.root={out}", "data.image_size=32",
+                         "data.batch_size=4", "data.num_workers=1", "trainer.max_epochs=2", "logger=none",
+                         "hydra.run.dir=run")  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    ids = [entry["id"] for entry in report["examples"]]
+    assert len(ids) == len(set(ids)) == 6  # the test split's images, each once
