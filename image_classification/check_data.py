@@ -5,7 +5,7 @@
 
 The overrides are trainer.py's: the splits are the ones a run would use (held-out ones included). Listed: each
 unreadable file with its path and why (truncated, empty, not an image), the images of each class in each
-split, classes without images in a split, and files with the same content in two splits (a test image that is
+split, classes without images in a split, and images with the same pixels in two splits (a test image that is
 also a training image). Exits 1 when it found unreadable files, empty classes or duplicates, else 0.
 """
 
@@ -13,9 +13,10 @@ import hashlib
 import logging
 import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,23 +33,27 @@ class Scan(Dataset):
     def __init__(self, datamodule: Any):
         self.items = []
         for split in SPLITS:
-            subset = datamodule.images[split]
+            dataset, indices = datamodule.in_order(split)
             files = datamodule.example_ids(split)
-            self.items += [
-                (split, subset.dataset, index, file) for index, file in zip(subset.indices, files, strict=True)
-            ]
+            self.items += [(split, dataset, index, file) for index, file in zip(indices, files, strict=True)]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[str, str, int | None, str | None, str | None]:
         split, dataset, index, file = self.items[i]
-        digest = hashlib.sha1(Path(file).read_bytes()).hexdigest() if isinstance(file, str) else None
         try:
-            _, label = dataset[index]
+            image, label = dataset[index]
         except BadImage as error:
-            return split, str(file), None, digest, error.reason
-        return split, str(file), int(label), digest, None
+            return split, str(file), None, None, error.reason
+        pixels = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        return (
+            split,
+            str(file),
+            int(label),
+            hashlib.sha1(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest(),
+            None,
+        )
 
 
 def check(cfg: DictConfig) -> int:

@@ -297,12 +297,21 @@ class DataModule(L.LightningDataModule):
             raise DataError("this needs cached features: set data.features (strategy=cached, logistic or knn)")
         return self.datasets[split].tensors
 
+    def in_order(self, split: str) -> tuple[Dataset, list[int]]:
+        """A split's images as the dataset they come from and their indices in it, untransformed (a streamed
+        split, by :meth:`~image_classification.data.shards.Shards.in_order`)."""
+        subset = self.images[split]
+        if isinstance(subset, TransformedSubset):
+            return subset.dataset, subset.indices
+        dataset = subset.in_order()
+        return dataset, list(range(len(dataset)))
+
     def example_ids(self, split: str) -> list[str | int]:
         """Each image of a split, in loader order: its file where the dataset lists files (``samples``), else
         its index in the dataset it comes from."""
-        subset = self.images[split]
-        samples = getattr(subset.dataset, "samples", None)
-        return [str(samples[i][0]) if samples is not None else int(i) for i in subset.indices]
+        dataset, indices = self.in_order(split)
+        samples = getattr(dataset, "samples", None)
+        return [str(samples[i][0]) if samples is not None else int(i) for i in indices]
 
     def _check_classes(self, train: Dataset, others: dict[str, Dataset | None]) -> None:
         if self.classes is not None and len(self.classes) != self.num_classes:

@@ -78,6 +78,7 @@ class Shards(StreamingDataset):
             raise DataError(f"the shards under {root} have no {split} split ({', '.join(manifest['splits'])})")
         super().__init__(f"{str(root).rstrip('/')}/{split}", cache_dir=cache_dir, max_cache_size=max_cache_size)
         self.root, self.split = str(root), split
+        self.cache_dir_option, self.max_cache_size_option = cache_dir, max_cache_size
         self.classes = list(manifest["classes"])
         files = manifest["splits"][split].get("files")  # evaluation splits list their files, for reports
         self.samples = [tuple(entry) for entry in files] if files else None
@@ -95,6 +96,10 @@ class Shards(StreamingDataset):
         self.image_transform, self.bad_images, self.streamed = transform, bad_images, True
         self.set_shuffle(True)
         return self
+
+    def in_order(self) -> "Shards":
+        """The split's images in order, untransformed (what a check reads), however this one is served."""
+        return Shards(self.root, self.split, self.cache_dir_option, self.max_cache_size_option)
 
     def share(self, world_size: int, rank: int, num_nodes: int, seed: int) -> None:
         """Read this process's share of the stream, shuffled from ``seed``: its own chunks among ``world_size``
