@@ -104,13 +104,15 @@ def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_checkpoint_before(
 
 
 def logged_steps(run):
-    """Each logged row's step in the run's CSV log, and the steps of val/acc and test/acc in its TensorBoard log."""
+    """Each logged row's step in the run's CSV log, and the steps of val/acc and test/acc, and of the training
+    inputs' picture, in its TensorBoard log."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with (run / "csv" / "metrics.csv").open() as file:
         rows = [int(row["step"]) for row in csv.DictReader(file)]
     events = EventAccumulator(str(run / "tensorboard")).Reload()
-    return sorted(rows), {tag: [e.step for e in events.Scalars(tag)] for tag in ("val/acc", "test/acc")}
+    scalars = {tag: [e.step for e in events.Scalars(tag)] for tag in ("val/acc", "test/acc")}
+    return sorted(rows), scalars, [e.step for e in events.Images("train/inputs")]
 
 
 @pytest.mark.slow

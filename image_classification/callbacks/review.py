@@ -4,6 +4,7 @@ most confident mistakes, and the run's speed."""
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -76,6 +77,12 @@ class ReviewImages(L.Callback):
         self.inputs_logged = False
         self.confusion: torch.Tensor | None = None
         self.wrong: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:  # in every checkpoint: a resumed run does not show its inputs again
+        return {"inputs_logged": self.inputs_logged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inputs_logged = bool(state_dict.get("inputs_logged", False))
 
     def _classes(self, pl_module: L.LightningModule) -> list[str] | None:
         names = getattr(pl_module, "class_names", None)
