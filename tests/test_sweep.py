@@ -159,7 +159,12 @@ def hparams(directory: Path) -> tuple[dict, dict]:
     content = events.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     # TensorBoard takes a directory's columns from the first run it reads: every trial declares every metric
-    assert [m.name.tag for m in experiment.metric_infos] == ["hp/val_acc_best", "hp/test_acc", "hp/test_loss"]
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "hp/val_acc_best",
+        "hp/test_acc",
+        "hp/test_loss",
+        "hp/test_nll",
+    ]
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     settings = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
     results = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hp/")}

@@ -360,9 +360,16 @@ def test_tensorboard_hparams_hold_the_runs_real_results(make_config, tmp_path):
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.0042)
     assert start.hparams["network._target_"].string_value == "image_classification.networks.SmallCNN"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {"hp/val_acc_best", "hp/test_acc", "hp/test_loss"}
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "hp/val_acc_best",
+        "hp/test_acc",
+        "hp/test_loss",
+        "hp/test_nll",
+    }
     (test_acc,) = events.Scalars("hp/test_acc")
     assert test_acc.value == pytest.approx(report["metrics"]["test/acc"], abs=1e-6)
+    (test_nll,) = events.Scalars("hp/test_nll")
+    assert test_nll.value == pytest.approx(report["metrics"]["test/nll"], rel=1e-5)
     (best,) = events.Scalars("hp/val_acc_best")
     assert best.value == pytest.approx(report["metrics"]["val/acc_best"], abs=1e-6) and 0 < best.value <= 1
 

@@ -21,8 +21,9 @@ from image_classification.files import atomic_path
 from image_classification.runs import checkpoint_val_metrics
 
 log = logging.getLogger(__name__)
-# HParams' results: the best val/acc, the test accuracy and loss.
-HP_METRICS = ("hp/val_acc_best", "hp/test_acc", "hp/test_loss")
+# HParams' results: the best val/acc, the test accuracy, loss, and negative log-likelihood (the loss without
+# label smoothing or focusing: comparable across loss configs).
+HP_METRICS = ("hp/val_acc_best", "hp/test_acc", "hp/test_loss", "hp/test_nll")
 # The config sections whose values the HParams tab shows: what a sweep searches, and what tells runs apart.
 SETTINGS = ("data", "network", "loss", "optimizer", "scheduler", "module", "trainer", "seed", "task_name")
 
@@ -227,7 +228,7 @@ def flat_settings(config: dict, sections: Sequence[str], prefix: str = "") -> di
 
 class HParams(L.Callback):
     """TensorBoard's HParams tab with real results: after the test, the run's settings (the scalar values of the
-    config ``sections``) against the best ``val/acc``, the test accuracy and the test loss, as ``hp/*``
+    config ``sections``) against the best ``val/acc``, the test accuracy, loss and NLL, as ``hp/*``
     metrics. ``tensorboard --logdir <sweep directory>`` then compares every trial of a sweep side by side.
 
     Other loggers get the settings when the run starts.
@@ -277,7 +278,7 @@ class HParams(L.Callback):
                 {
                     f"hp/test_{k[5:]}": float(v)
                     for k, v in trainer.callback_metrics.items()
-                    if k in ("test/acc", "test/loss")
+                    if k in ("test/acc", "test/loss", "test/nll")
                 }
             )
         settings = flat_settings(metadata["config"], self.sections)
@@ -285,7 +286,7 @@ class HParams(L.Callback):
             chosen = [o.split("=", 1)[0].lstrip("+~") for o in metadata.get("overrides") or [] if "=" in o]
             settings = {k: settings[k] for k in chosen if k in settings} or settings
         logger.log_metrics({k: v for k, v in results.items() if v is not None}, step=trainer.global_step)
-        # Every run declares all three metrics, a pruned one too: TensorBoard takes the columns of a directory
+        # Every run declares all the metrics, a pruned one too: TensorBoard takes the columns of a directory
         # of runs from whichever run it reads first.
         writer = logger.experiment._get_file_writer()
         for summary in hparams(settings, dict.fromkeys(HP_METRICS, 0.0)):
