@@ -15,6 +15,7 @@ Options: ``out`` (a new folder), ``max_side`` (null: the files as they are), ``q
 (the size of each chunk file, ``64MB``), ``data.num_workers`` (processes that read and resize).
 """
 
+import io
 import json
 import logging
 import shutil
@@ -51,6 +52,13 @@ def encode(image: torch.Tensor, quality: int) -> bytes:
     return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420")
 
 
+def png(image: torch.Tensor) -> bytes:
+    """A uint8 C x H x W image as a PNG."""
+    out = io.BytesIO()
+    TF.to_pil_image(image).save(out, format="PNG")
+    return out.getvalue()
+
+
 class Encoded(Dataset):
     """Each image of a split as it will be stored: ``(file, label, bytes, None)``, or ``(file, None, None, why)``
     for a file that cannot be read."""
@@ -78,7 +86,7 @@ class Encoded(Dataset):
             return str(file), int(label), encode(TF.resize(image, size, antialias=True), self.quality), None
         if isinstance(file, str):
             return file, int(label), Path(file).read_bytes(), None
-        return str(file), int(label), encode(image, 100), None  # an image held in memory: nearly lossless
+        return str(file), int(label), png(image), None  # an image held in memory (digits, CIFAR-10): lossless
 
 
 def convert(cfg: DictConfig) -> dict[str, Any]:
@@ -96,6 +104,7 @@ def convert(cfg: DictConfig) -> dict[str, Any]:
     classes = datamodule.classes or [str(i) for i in range(datamodule.num_classes)]
     manifest: dict[str, Any] = {
         "classes": classes,
+        "channels": datamodule.channels or 3,  # how the images are decoded: grey (1) or RGB
         "source": {"data": cfg.data.train_set.get("_target_"), "root": cfg.data.get("root")},
         "max_side": cfg.max_side,
         "quality": cfg.quality if cfg.max_side is not None else None,

@@ -18,7 +18,7 @@ from test_bad_images import BROKEN, write_awkward_folder
 from test_errors import run_trainer
 
 from image_classification.config import instantiate
-from image_classification.data import Shards
+from image_classification.data import Digits, Shards
 from image_classification.data.images import read_image
 from image_classification.make_shards import main as make_shards
 
@@ -62,6 +62,17 @@ def test_shards_hold_every_image_and_label_of_every_split(tmp_path):
     assert [Path(f).parent.name for f, _ in Shards(str(out), "test").samples] == ["astronaut"] * 4 + ["cat"] * 4 + [
         "coffee"
     ] * 4
+
+
+def test_images_held_in_memory_are_stored_losslessly_with_their_channels(tmp_path):
+    out = tmp_path / "shards"
+    make_shards(["data=digits", f"out={out}"])  # 8x8 grey digits, no files: stored as PNGs
+    digits, shards = Digits(), Shards(str(out), "test")
+    assert len(shards) == 359
+    for i, (index, label) in enumerate(shards.samples):
+        image, stored_label = shards[i]
+        assert image.shape == (1, 8, 8) and torch.equal(image, digits[int(index)][0])
+        assert stored_label == label == digits[int(index)][1]
 
 
 def test_an_evaluation_split_in_a_ddp_process_holds_every_image(tmp_path, monkeypatch):

@@ -53,7 +53,8 @@ def image_seed(seed: int, epoch: int, index: int) -> int:
 
 class Shards(StreamingDataset):
     """One split of the shards under ``root``: ``(image, label)``, the image a uint8 C x H x W tensor (decoded as
-    :func:`~image_classification.data.images.read_image` decodes files). ``classes`` are the class names.
+    :func:`~image_classification.data.images.read_image` decodes files: grey where the data written had one
+    channel, else RGB). ``classes`` are the class names.
 
     Indexed (``shards[i]``) it reads the split's images in order, as the evaluation loaders do; iterated, it
     streams them (the training loader, :class:`StreamLoader`), once :meth:`stream` gave it its transform.
@@ -83,6 +84,7 @@ class Shards(StreamingDataset):
         files = manifest["splits"][split].get("files")  # evaluation splits list their files, for reports
         self.samples = [tuple(entry) for entry in files] if files else None
         self.images = int(manifest["splits"][split]["images"])
+        self.mode = "L" if manifest.get("channels", 3) == 1 else "RGB"
         self.image_transform: Callable | None = None
         self.bad_images: BadImages | None = None
 
@@ -114,9 +116,9 @@ class Shards(StreamingDataset):
         item = super().__getitem__(index)
         file = bytes(item["file"]).decode()
         if not self.streamed:
-            return decode_image(bytes(item["image"]), file), item["label"]
+            return decode_image(bytes(item["image"]), file, self.mode), item["label"]
         try:
-            image = decode_image(bytes(item["image"]), file)
+            image = decode_image(bytes(item["image"]), file, self.mode)
             if self.image_transform is None:
                 return image, item["label"]
             # the image's own seed in this epoch: augmented alike whichever worker streams it, so that a resumed
