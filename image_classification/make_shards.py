@@ -36,7 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from image_classification.config import instantiate, run_command, run_config_policy
 from image_classification.data.datasets import SPLITS
-from image_classification.data.images import BadImage, BadImages
+from image_classification.data.images import BadImage
 from image_classification.data.shards import MANIFEST
 from image_classification.errors import UserError
 
@@ -64,8 +64,7 @@ class Encoded(Dataset):
     for a file that cannot be read."""
 
     def __init__(self, datamodule: Any, split: str, max_side: int | None, quality: int):
-        subset = datamodule.images[split]
-        self.dataset, self.indices = subset.dataset, subset.indices
+        self.dataset, self.indices = datamodule.in_order(split)
         self.files = datamodule.example_ids(split)
         self.max_side, self.quality = max_side, quality
 
@@ -116,8 +115,7 @@ def convert(cfg: DictConfig) -> dict[str, Any]:
         dataset = Encoded(datamodule, split, cfg.max_side, cfg.quality)
         loader = DataLoader(dataset, batch_size=None, num_workers=datamodule.loader_kwargs["num_workers"])
         writer = BinaryWriter(str(partial / split), chunk_bytes=cfg.chunk_bytes)
-        bad_images = BadImages(datamodule.bad_images[split].on_bad_image, datamodule.bad_images[split].max_bad_images,
-                               split)  # fmt: skip
+        bad_images = datamodule.bad_images[split]  # the run's policy for the split: data.on_bad_image, max_bad_images
         counts, files, written = Counter(), [], 0
         for file, label, data, problem in loader:
             if problem is not None:

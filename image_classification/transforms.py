@@ -2,6 +2,7 @@
 after the batch reaches the training device, once per batch instead of once per image. They take and
 return ``(images, labels)``, so they compose with torchvision's v2 transforms in ``v2.Compose``."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,11 +46,18 @@ class Normalize(v2.Normalize):
     images into the network's input on the training device, so that workers decode, crop and collate 1-byte pixels
     instead of 4-byte ones."""
 
+    def __init__(self, mean: Sequence[float], std: Sequence[float], inplace: bool = False):
+        super().__init__(mean, std, inplace)
+        # (x / 255 - mean) / std as x * scale - shift: the float conversion, then two passes in place
+        std_ = torch.tensor(self.std).view(-1, 1, 1)
+        self.scale, self.shift = 1 / (255 * std_), torch.tensor(self.mean).view(-1, 1, 1) / std_
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
             return super().transform(inpt, params)
-        mean = torch.tensor(self.mean, device=inpt.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=inpt.device).view(-1, 1, 1)
-        # (x / 255 - mean) / std as x * (1 / (255 std)) - mean / std: the float conversion, then in place
-        out = inpt.as_subclass(torch.Tensor).to(torch.float32).mul_(1 / (255 * std)).sub_(mean / std)
+        if inpt.device not in self._on_device:  # copied to a device once, not with every batch
+            self._on_device[inpt.device] = (self.scale.to(inpt.device), self.shift.to(inpt.device))
+        scale, shift = self._on_device[inpt.device]
+        out = inpt.as_subclass(torch.Tensor).to(torch.float32).mul_(scale).sub_(shift)
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out

@@ -72,15 +72,23 @@ class TransformedSubset(Dataset):
         """``index``, or ``(index, seed)``: the image's random transforms draw from generators seeded with
         ``seed`` (the training sampler's :class:`~image_classification.data.sampling.EpochSampler`)."""
         index, seed = index if isinstance(index, tuple) else (index, None)
-        try:
-            with seeded(seed) if seed is not None and self.transform is not None else contextlib.nullcontext():
-                image, label = self.dataset[self.indices[index]]
-                return (self.transform(image) if self.transform else image), label
-        except BadImage as error:
-            if self.bad_images is None:
-                raise DataError(f"cannot read {error.path} ({error.reason}): fix or remove the file") from None
-            self.bad_images.skipped(error)
-            return None
+        return transformed(lambda: self.dataset[self.indices[index]], self.transform, self.bad_images, seed)
+
+
+def transformed(read: Callable[[], tuple[Any, Any]], transform: Callable | None, bad_images: BadImages | None,
+                seed: int | None = None) -> tuple[Any, Any] | None:  # fmt: skip
+    """``read()``'s ``(image, label)`` with ``transform`` applied to the image, its random draws seeded with
+    ``seed`` (when given). An unreadable image (:class:`~image_classification.data.images.BadImage`) is handed to
+    ``bad_images`` and comes out as ``None``; without ``bad_images`` it stops with one line naming the file."""
+    try:
+        with seeded(seed) if seed is not None and transform is not None else contextlib.nullcontext():
+            image, label = read()
+            return (transform(image) if transform else image), label
+    except BadImage as error:
+        if bad_images is None:
+            raise DataError(f"cannot read {error.path} ({error.reason}): fix or remove the file") from None
+        bad_images.skipped(error)
+        return None
 
 
 def class_names(dataset: Dataset) -> list[str] | None:
@@ -246,10 +254,11 @@ class DataModule(L.LightningDataModule):
             raise DataError("there is no test set: configure data.test_set or set data.test_fraction > 0")
         if sets["val"] is None and n_val == 0:
             raise DataError("there is no validation set: configure data.val_set or set data.val_fraction > 0")
-        streamed = isinstance(full_train, IterableDataset) and self.features is None
-        if isinstance(full_train, IterableDataset) and (n_test or n_val):
+        stream = isinstance(full_train, IterableDataset)
+        if stream and (n_test or n_val):
             missing = "test" if n_test else "val"
             raise DataError(f"data.{missing}_set is needed: a streamed training set has no images to hold out")
+        streamed = stream and self.features is None  # cached features read every image once, in order
         targets = dataset_targets(full_train) if not streamed else None
         (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
         held = {"test": test, "val": val}
@@ -387,19 +396,16 @@ class DataModule(L.LightningDataModule):
             # features are tensors in memory: worker processes would only add copies
             **(self.loader_kwargs if self.features is None else {}),
         )
-        if name == "train" and isinstance(dataset, IterableDataset):
-            from image_classification.data.shards import StreamLoader
-
-            dataset.share(world_size, rank, getattr(self.trainer, "num_nodes", 1), shuffle_seed(world_size))
-            self._train_loader = StreamLoader(dataset, drop_last=self.drop_last, **options)
-            if self._resume_position is not None:
-                self._train_loader.seek(self._resume_position)
-                self._resume_position = None
-            return self._train_loader
         if name == "train":
-            sampler = EpochSampler(dataset, world_size, rank, seed=shuffle_seed(world_size),
-                                   sample_seeds=isinstance(dataset, TransformedSubset))  # fmt: skip
-            self._train_loader = ResumableLoader(dataset, sampler=sampler, drop_last=self.drop_last, **options)
+            if isinstance(dataset, IterableDataset):  # shards: each process streams its own share
+                from image_classification.data.shards import StreamLoader
+
+                dataset.share(world_size, rank, getattr(self.trainer, "num_nodes", 1), shuffle_seed(world_size))
+                self._train_loader = StreamLoader(dataset, drop_last=self.drop_last, **options)
+            else:
+                sampler = EpochSampler(dataset, world_size, rank, seed=shuffle_seed(world_size),
+                                       sample_seeds=isinstance(dataset, TransformedSubset))  # fmt: skip
+                self._train_loader = ResumableLoader(dataset, sampler=sampler, drop_last=self.drop_last, **options)
             if self._resume_position is not None:
                 self._train_loader.seek(self._resume_position)
                 self._resume_position = None

@@ -39,15 +39,7 @@ def load_image(path: str | Path, mode: Literal["RGB", "L"] = "RGB") -> Image.Ima
     """The image in ``path``, fully decoded, as 8-bit ``mode``: CMYK and palette images converted, transparent
     ones put on white, 16-bit ones scaled to 8 bits. A file that is empty, not an image, or that fails while
     decoding (a truncated JPEG) raises :class:`BadImage`."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode it all now: a truncated file fails here, not in a transform later
-            return to_mode(image, mode)
-    except UnidentifiedImageError:
-        reason = "empty file" if Path(path).stat().st_size == 0 else "not an image PIL can read"
-        raise BadImage(path, reason) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadImage(path, f"{type(err).__name__}: {err}") from None
+    return pil_image(file_bytes(path), path, mode)
 
 
 JPEG_START = b"\xff\xd8\xff"
@@ -58,12 +50,15 @@ def read_image(path: str | Path, mode: Literal["RGB", "L"] = "RGB") -> torch.Ten
 
     JPEGs are decoded by libjpeg-turbo straight into an array (simplejpeg, strict: a truncated or corrupt file
     fails); what it does not decode (CMYK JPEGs, other formats, and broken files, which then raise
-    :class:`BadImage` naming themselves) goes through :func:`load_image`."""
+    :class:`BadImage` naming themselves) goes through PIL as :func:`load_image` reads it."""
+    return decode_image(file_bytes(path), path, mode)
+
+
+def file_bytes(path: str | Path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
         raise BadImage(path, f"{type(err).__name__}: {err}") from None
-    return decode_image(data, path, mode)
 
 
 def decode_image(data: bytes, path: str | Path, mode: Literal["RGB", "L"] = "RGB") -> torch.Tensor:
@@ -74,16 +69,20 @@ def decode_image(data: bytes, path: str | Path, mode: Literal["RGB", "L"] = "RGB
             return torch.from_numpy(array).permute(2, 0, 1)
         except ValueError:
             pass  # CMYK, or broken: PIL converts the first and says what is wrong with the second
+    array = np.asarray(pil_image(data, path, mode))
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
+
+
+def pil_image(data: bytes, path: str | Path, mode: Literal["RGB", "L"]) -> Image.Image:
+    """``data``, the bytes of an image file (``path`` names it in errors), decoded whole by PIL as ``mode``."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            image = to_mode(image, mode)
+            image.load()  # decode it all now: a truncated file fails here, not in a transform later
+            return to_mode(image, mode)
     except UnidentifiedImageError:
         raise BadImage(path, "empty file" if not data else "not an image PIL can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImage(path, f"{type(err).__name__}: {err}") from None
-    array = np.asarray(image)
-    return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
 
 
 def to_mode(image: Image.Image, mode: Literal["RGB", "L"]) -> Image.Image:

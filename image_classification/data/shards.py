@@ -15,13 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import fsspec
+import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.utilities.env import _DistributedEnv
 
-from image_classification.data.images import BadImage, BadImages, decode_image
+from image_classification.data.datamodule import transformed
+from image_classification.data.images import BadImages, decode_image
 from image_classification.data.sampling import CheckedLoader
 from image_classification.errors import DataError
-from image_classification.randomness import seeded
 
 MANIFEST = "manifest.json"
 
@@ -115,21 +116,16 @@ class Shards(StreamingDataset):
     def __getitem__(self, index: Any) -> Any:
         item = super().__getitem__(index)
         file = bytes(item["file"]).decode()
-        if not self.streamed:
+
+        def read() -> tuple[torch.Tensor, int]:
             return decode_image(bytes(item["image"]), file, self.mode), item["label"]
-        try:
-            image = decode_image(bytes(item["image"]), file, self.mode)
-            if self.image_transform is None:
-                return image, item["label"]
-            # the image's own seed in this epoch: augmented alike whichever worker streams it, so that a resumed
-            # run's images are the uninterrupted run's
-            with seeded(image_seed(self.seed, self.current_epoch, getattr(index, "index", index))):
-                return self.image_transform(image), item["label"]
-        except BadImage as error:
-            if self.bad_images is None:
-                raise DataError(f"cannot read {error.path} ({error.reason}): write the shards again") from None
-            self.bad_images.skipped(error)
-            return None
+
+        if not self.streamed:
+            return read()
+        # the image's own seed in this epoch: augmented alike whichever worker streams it, so that a resumed run's
+        # images are the uninterrupted run's
+        seed = image_seed(self.seed, self.current_epoch, getattr(index, "index", index))
+        return transformed(read, self.image_transform, self.bad_images, seed)
 
 
 class StreamLoader(CheckedLoader, StreamingDataLoader):
