@@ -1,6 +1,7 @@
 """Train, validate and test an image classifier: ``python trainer.py [group=choice ...] [key=value ...]``."""
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -150,6 +152,14 @@ def objective(report: dict, name: str) -> float:
     return value
 
 
+def compose_run(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config this command composes from ``overrides`` (a resumed run's, or to check a checkpoint's)."""
+    try:
+        return hydra.compose(config_name, overrides=overrides)
+    except HydraException as err:  # a group choice that is not there (any more)
+        raise UserError(f"the config does not compose with {' '.join(overrides)}: {err}") from None
+
+
 @hydra.main(config_path="configs", config_name="train", execution_whitelist=RUN_CONFIG_POLICY)
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: one clear line and exit 1 for a user error, except within a sweep, where the
@@ -164,10 +174,11 @@ def main(cfg: DictConfig) -> float | None:
         found = runs.auto_resume(Path(cfg.paths.output_dir)) if cfg.resume and cfg.ckpt_path is None else None
         if found:
             overrides.append(f"ckpt_path={found}")
-        resumed = runs.resume_overrides(found or cfg.ckpt_path, Path(cfg.paths.output_dir), overrides)
+        compose = functools.partial(compose_run, hydra_cfg.job.config_name)
+        resumed = runs.resume_overrides(found or cfg.ckpt_path, Path(cfg.paths.output_dir), overrides, compose)
         if resumed is not None or found:
             overrides = resumed or overrides
-            cfg = hydra.compose(hydra_cfg.job.config_name, overrides=overrides)
+            cfg = compose(overrides)
         if sweep:  # a trial's overrides, not the whole tree once per trial
             log.info(f"Trial {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
         elif cfg.print_config:

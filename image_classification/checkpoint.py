@@ -20,18 +20,15 @@ from torch import nn
 from image_classification.errors import UserError
 from image_classification.files import atomic_path, remove_stale_temporaries
 from image_classification.networks.weights import state_digest
-from image_classification.trust import build_trusted, network_allow_list
+from image_classification.trust import build_trusted, network_allow_list, weights_only_loading, without_starting_weights
 
 METADATA_KEY = "image_classification"
 FORMAT_VERSION = 1
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-# Arguments that say which weights a network starts from; rebuilding a checkpoint's network clears them (its
-# own weights replace them), so nothing is read or downloaded on the way.
-STARTING_WEIGHTS = {"checkpoint": None, "pretrained": False, "weights": None}
-
-
 FROZEN_KEY = "frozen_backbone"
 FROZEN_PREFIX = "network.backbone."
+# The one name a checkpoint's frozen backbone file has, beside it: what move_frozen_backbone writes
+FROZEN_FILE = re.compile(r"backbone-[0-9a-f]{16}\.pt")
 
 
 def move_frozen_backbone(checkpoint: dict[str, Any], digest: str, directory: str | Path) -> None:
@@ -62,7 +59,13 @@ def restore_frozen_backbone(checkpoint: dict[str, Any], backbone: nn.Module) -> 
 def read_frozen_backbone(checkpoint: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
     """The frozen backbone weights a checkpoint at ``path`` keeps beside it (``network.backbone.*`` keys)."""
     info = checkpoint[FROZEN_KEY]
-    file = Path(path).parent / info["file"]
+    name, digest = (info.get("file"), info.get("sha256")) if isinstance(info, dict) else (None, None)
+    if not (isinstance(name, str) and FROZEN_FILE.fullmatch(name) and isinstance(digest, str)):
+        raise UserError(
+            f"{path} names its frozen backbone {name!r}: a checkpoint's backbone is a backbone-<digest>.pt file "
+            "beside it, nowhere else"
+        )
+    file = Path(path).parent / name
     if not file.is_file():
         raise UserError(f"{path} keeps its frozen backbone in {info['file']}, which is not beside it: copy both")
     state = torch.load(file, map_location="cpu", weights_only=True)
@@ -182,19 +185,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise unreadable(path, err) from None
     if not isinstance(checkpoint, dict) or METADATA_KEY not in checkpoint:
         raise UserError(f"{path} carries no {METADATA_KEY!r} metadata: it was not written by this framework")
+    metadata = checkpoint[METADATA_KEY]
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("config"), dict):
+        raise UserError(f"the {METADATA_KEY!r} metadata of {path} holds no config: it is damaged or not ours")
+    if not isinstance(checkpoint.get("state_dict", {}), dict):
+        raise UserError(f"the state_dict of {path} is not a mapping of weights: it is damaged or not ours")
     return checkpoint
-
-
-def without_starting_weights(node: Any) -> Any:
-    """A copy of a network config in which nothing names the weights the network started from."""
-    if isinstance(node, dict):
-        cleared = {
-            k: STARTING_WEIGHTS[k] if k in STARTING_WEIGHTS else without_starting_weights(v) for k, v in node.items()
-        }
-        return cleared
-    if isinstance(node, list | tuple):
-        return [without_starting_weights(v) for v in node]
-    return node
 
 
 def load_network(
@@ -221,9 +217,10 @@ def network_from_checkpoint(
     trusted_targets: Sequence[str] = (),
 ) -> nn.Module:
     """:func:`load_network` of a checkpoint already read from ``path``."""
-    network_config = without_starting_weights(checkpoint[METADATA_KEY]["config"]["network"])
-    allowed = network_allow_list(network_config, trusted_targets)
-    network = build_trusted(network_config, allowed, f"the network of checkpoint {path}")
+    network_config = checkpoint[METADATA_KEY]["config"].get("network")
+    allowed = network_allow_list(network_config, trusted_targets)  # before anything it names is imported
+    with weights_only_loading():
+        network = build_trusted(without_starting_weights(network_config), allowed, f"the network of checkpoint {path}")
     if not isinstance(network, nn.Module):
         raise UserError(f"the network config of checkpoint {path} builds a {type(network).__name__}, not a network")
     prefix = "network."

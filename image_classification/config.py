@@ -26,9 +26,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from image_classification.data import image_folder_classes, shard_classes, usable_cpus
+from image_classification.data import image_folder_classes, shard_channels, shard_classes, usable_cpus
 from image_classification.errors import UserError
 from image_classification.sweeps import continued_seed
+from image_classification.trust import weights_only_loading
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,19 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class RunConfigPolicy(contextlib.ContextDecorator):
-    """The context (or decorator) a run's own config is instantiated in. A class, not a generator-based context
-    manager, so that a function it decorates pickles (the joblib launcher sends the task to its workers)."""
+    """The context (or decorator) a run's own config is instantiated in: unrestricted, while every file it loads
+    with ``torch.load`` is read as data (:func:`~image_classification.trust.weights_only_loading`: a torchvision or
+    timm network's pretrained weights come from a hub cache, which is not the user's own). A class, not a
+    generator-based context manager, so that a function it decorates pickles (the joblib launcher sends the task
+    to its workers)."""
 
     def __init__(self) -> None:
         self._entered: list[Any] = []
 
     def __enter__(self) -> None:
-        context = execution_whitelist(RUN_CONFIG_POLICY, reset=True)
-        context.__enter__()
+        context = contextlib.ExitStack()
+        context.enter_context(execution_whitelist(RUN_CONFIG_POLICY, reset=True))
+        context.enter_context(weights_only_loading())
         self._entered.append(context)
 
     def __exit__(self, *exc: Any) -> bool | None:
@@ -134,7 +139,9 @@ def check_types(cfg: DictConfig) -> None:
                 continue
             if isinstance(value, DictConfig | ListConfig):
                 nodes.append(value)
-            elif value is None and node.get("_partial_"):  # filled in when the partial is called
+            elif (
+                isinstance(value, list) or value is None and node.get("_partial_")
+            ):  # a resolver's list (per_channel): as a list in the config, not checked
                 continue
             elif isinstance(key, str) and key in hints:
                 alternatives = _alternatives(hints[key])
@@ -316,11 +323,26 @@ def scaled_lr(base_lr: float, base_batch: int, *, _root_: DictConfig) -> float:
     return float(base_lr) * batch / float(base_batch)
 
 
+def per_channel(channels: int, values: Sequence[float]) -> list[float]:
+    """``values`` (one per RGB channel) for images of ``channels`` channels: as they are for 3, their mean for 1
+    (the grey image's), rounded where they are whole numbers (a uint8 colour)."""
+    values = list(values)
+    if channels == len(values):
+        return values
+    if channels != 1:
+        raise UserError(f"data.channels is {channels}: images are grey (1) or RGB (3)")
+    mean = sum(values) / len(values)
+    return [round(mean) if all(isinstance(v, int) for v in values) else round(mean, 4)]
+
+
 def register_resolvers() -> None:
     """Resolvers for derived values, so the printed config shows what ran."""
     resolvers = {
         "image_folder_classes": image_folder_classes,
         "shard_classes": shard_classes,
+        "shard_channels": shard_channels,
+        # RGB values as they are for 3 channels; for 1 (grey images), their mean
+        "per_channel": per_channel,
         # The resize before a centre crop of `size` that keeps `crop_ratio` of the image: 256 for 224.
         "resize_for_crop": lambda size, crop_ratio: round(size / crop_ratio),
         # Loader defaults chosen from the machine the run is on.

@@ -32,6 +32,7 @@ from image_classification.checkpoint import (
     run_metadata,
 )
 from image_classification.config import (
+    CONFIG_DIR,
     compose,
     instantiate,
     instantiate_each,
@@ -41,9 +42,17 @@ from image_classification.config import (
     run_config_policy,
 )
 from image_classification.errors import UserError
+from image_classification.inference import backbone_preprocessing
 from image_classification.module import ClassificationModule
 from image_classification.runs import merge_overrides
-from image_classification.trust import DATA_PREFIXES, allow_list, build_trusted, is_trusted_data, is_trusted_loss
+from image_classification.trust import (
+    DATA_PREFIXES,
+    allow_list,
+    build_trusted,
+    checkpoint_overrides,
+    is_trusted_data,
+    is_trusted_loss,
+)
 
 log = logging.getLogger("evaluate")
 
@@ -83,18 +92,31 @@ def checkpoint_data(metadata: dict[str, Any], overrides: Sequence[str], data_ove
     its run was composed with under the ones given now (``data.root=...`` then reaches every value the run
     derived from it). Images are served as images: a probe trained on cached features runs its backbone."""
     saved = metadata.get("overrides")
-    data = metadata["config"]["data"]
+    data = without_downloads(metadata["config"]["data"])
     if data_overrides and saved is not None:
+        given = [*overrides, *data_overrides, "paths.output_dir=."]
         try:
-            lines = merge_overrides(saved, [*overrides, *data_overrides, "paths.output_dir=."])
-            recomposed = compose(lines, "evaluate")
+            kept, left_out = checkpoint_overrides(saved, given, CONFIG_DIR, lambda lines: compose(lines, "evaluate"))
+            recomposed = compose(merge_overrides(kept, given), "evaluate")
             data = OmegaConf.to_container(recomposed.data, resolve=True)
         except Exception as err:  # configs that changed since the run: keep its stored config
             log.warning(f"The run's config does not recompose here ({one_line(err)}): its stored data config is used")
             data = apply_overrides(data, data_overrides, "data")
+        else:
+            if left_out:
+                log.warning(f"Of the overrides the checkpoint's run was composed with, left out: {', '.join(left_out)}")
     elif data_overrides:
         data = apply_overrides(data, data_overrides, "data")
     return {k: v for k, v in data.items() if k != "features"}
+
+
+def without_downloads(node: Any) -> Any:
+    """A checkpoint's data config that downloads nothing (``data.download=true`` on the command line does)."""
+    if isinstance(node, dict):
+        return {k: False if k == "download" and v else without_downloads(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [without_downloads(v) for v in node]
+    return node
 
 
 def build_module(checkpoint: dict[str, Any], path: str, trusted: Sequence[str]) -> ClassificationModule:
@@ -169,6 +191,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = (), data_overrides: Seq
         datamodule = build_trusted(data, allowed, "the checkpoint's data")
         with open_dict(cfg):
             cfg.data = data
+    own = backbone_preprocessing(checkpoint[METADATA_KEY]["config"].get("data") or {}, module.network)
+    if own is not None:  # a probe trained on its backbone's preprocessing is tested through it, whatever the data
+        datamodule.eval_transform, datamodule.eval_batch_transform = own, None
     datamodule.prepare_data()
     datamodule.setup("test")
     check_classes(module, datamodule.classes, datamodule.num_classes)

@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from image_classification.checkpoint import METADATA_KEY, network_from_checkpoint, read_checkpoint
 from image_classification.data.datamodule import transform_tree
 from image_classification.errors import UserError
+from image_classification.evaluation.features import OnPILImages
 from image_classification.trust import build_trusted, transform_allow_list
 
 Image = PIL.Image.Image | torch.Tensor
@@ -138,6 +139,20 @@ class Model:
         return self.class_names[index] if self.class_names is not None else str(index)
 
 
+def backbone_preprocessing(data: dict[str, Any], network: nn.Module) -> Callable | None:
+    """The per-image preprocessing of a probe whose features were cached with its backbone's own
+    (``data.features.transform=backbone``: a pretrained timm or open_clip model's resize, crop and normalization),
+    on images as the datasets read them (uint8 tensors) or PIL images; None for any other network, which its data
+    config's transforms preprocess."""
+    features = data.get("features")
+    if not (isinstance(features, dict) and features.get("transform") == "backbone"):
+        return None
+    transform = network.backbone.eval_transform() if hasattr(network, "backbone") else None
+    if transform is None:
+        raise UserError("the checkpoint's probe was trained on its backbone's preprocessing, which this backbone lacks")
+    return OnPILImages(transform)
+
+
 def build_preprocess(
     data: dict[str, Any],
     network: nn.Module,
@@ -152,9 +167,9 @@ def build_preprocess(
         state: the DataModule state the checkpoint keeps (a stateful transform's, such as a jigsaw puzzle's
             permutation set).
     """
-    features = data.get("features")
-    if isinstance(features, dict) and features.get("transform") == "backbone":
-        return Preprocess(network.backbone.eval_transform(), None, data.get("channels"), {"image": "backbone"})
+    own = backbone_preprocessing(data, network)
+    if own is not None:
+        return Preprocess(own, None, data.get("channels"), {"image": "backbone"})
     built = {}
     for name in ("eval_transform", "eval_batch_transform"):
         config = data.get(name)

@@ -176,6 +176,9 @@ def prepare_val(source: Path, dest: Path, labels: dict[int, str], report: Report
         wnid = labels.get(int(number[1])) if number else None
         if wnid is None:
             report.problems.append(f"validation image {name} has no label: it is not placed")
+        elif not WNID.fullmatch(wnid):  # the labels' file is data: a class is a WordNet id, never a path
+            report.problems.append(f"validation image {name} is labelled {wnid!r}, not a WordNet id: it is not placed")
+            return None
         return wnid
 
     folder, archive = find(source, "val"), find(source, VAL_TAR)

@@ -3,7 +3,7 @@
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from image_classification.checkpoint import FROZEN_KEY, FROZEN_PREFIX, METADATA_KEY, read_checkpoint
+from image_classification.config import CONFIG_DIR
 from image_classification.errors import UserError
 from image_classification.files import atomic_path
+from image_classification.trust import checkpoint_overrides
 
 log = logging.getLogger(__name__)
 LAST = "last"
@@ -135,15 +137,44 @@ def merge_overrides(saved: Sequence[str], new: Sequence[str]) -> list[str]:
     return list(lines.values())
 
 
-def resume_overrides(ckpt_path: str | None, run_dir: Path, overrides: Sequence[str]) -> list[str] | None:
+def own_checkpoint(path: str | Path, run_dir: Path) -> bool:
+    """Whether ``path`` is a checkpoint of the run directory a run writes to (``<run_dir>/checkpoints/``)."""
+    return Path(path).resolve().parent == (run_dir / "checkpoints").resolve()
+
+
+def saved_overrides(checkpoint: dict[str, Any], path: str | Path) -> list[str] | None:
+    """The overrides a checkpoint's run was composed with (None: it records none)."""
+    saved = checkpoint[METADATA_KEY].get("overrides")
+    if saved is not None and not (isinstance(saved, list) and all(isinstance(o, str) for o in saved)):
+        raise UserError(f"{path} records its run's overrides as {type(saved).__name__}, not a list of text")
+    return saved
+
+
+def resume_overrides(
+    ckpt_path: str | None, run_dir: Path, overrides: Sequence[str], compose: Callable[[list[str]], Any]
+) -> list[str] | None:
     """The overrides a resumed run composes its config from: the ones the checkpoint's run was composed
-    with, under the ones given now. None when not resuming, or the checkpoint records none."""
+    with, under the ones given now. None when not resuming, or the checkpoint records none.
+
+    A checkpoint of this run's own directory brings all of its run's overrides; any other brings only what
+    :func:`~image_classification.trust.checkpoint_overrides` allows, and a warning names what it left out.
+
+    Args:
+        compose: the config ``python trainer.py <overrides>`` composes.
+    """
     path = resolve_ckpt_path(ckpt_path, run_dir)
     if path is None:
         return None
-    saved = read_checkpoint(path)[METADATA_KEY].get("overrides")
+    saved = saved_overrides(read_checkpoint(path), path)
     if saved is None:
         return None
+    if not own_checkpoint(path, run_dir):
+        saved, left_out = checkpoint_overrides(saved, overrides, CONFIG_DIR, compose)
+        if left_out:
+            log.warning(
+                f"{path} is not a checkpoint of this run's directory, so only its run's group choices and plain "
+                f"recipe values are used; left out: {', '.join(left_out)}. Give any you want on the command line"
+            )
     return merge_overrides(saved, overrides)
 
 

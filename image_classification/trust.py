@@ -1,15 +1,28 @@
-"""What a checkpoint's config may build. A checkpoint can come from anyone: its network, its preprocessing and
-(to evaluate it) its data are rebuilt from the config inside it, so every ``_target_`` there is checked against
-what such a part can be before anything is imported, and Hydra instantiates under an allow-list of exactly
-those names (``hydra.utils.execution_whitelist``). ``trusted_targets`` lets a caller vouch for more."""
+"""The trust boundary: what comes from outside (a checkpoint and all it holds, shards, dataset files, feature
+caches, a hub cache) is read as data, and nothing in it is instantiated except through these allow-lists.
 
+A checkpoint can come from anyone: its network, its preprocessing and (to evaluate it) its data are rebuilt from
+the config inside it, so every ``_target_`` there is checked against what such a part can be before anything is
+imported, and Hydra instantiates under an allow-list of exactly those names
+(``hydra.utils.execution_whitelist``). ``trusted_targets`` lets a caller vouch for more. The overrides a
+checkpoint's run was composed with reach a new run's config only as :func:`checkpoint_overrides` allows, and
+its network never fetches or reads starting weights (:func:`without_starting_weights`). ``docs/trust.md``
+describes the whole boundary."""
+
+import contextlib
 import inspect
+import os
+import re
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.utils import execution_whitelist
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -28,6 +41,20 @@ TRANSFORM_PREFIXES = ("torchvision.transforms.v2.", "image_classification.transf
 DATA_PREFIXES = (*TRANSFORM_PREFIXES, "torchvision.datasets.", "image_classification.")
 # The one located object a data config may hold: a dtype (`ToDtype(dtype=torch.float32)`).
 GET_OBJECT = "hydra.utils.get_object"
+# Hydra's targets that look an object up by a name their argument gives.
+LOCATORS = frozenset({GET_OBJECT, "hydra.utils.get_class", "hydra.utils.get_method", "hydra.utils.get_static_method"})
+# The arguments through which the networks a checkpoint may build start from weights they fetch or read: ours
+# (`checkpoint`), timm's (`create_model`), torchvision's model builders (and their older spellings) and
+# open_clip's. A checkpoint's network is built without them (each constructor's default starts from none), and
+# its own weights replace the network's.
+STARTING_WEIGHTS = frozenset({
+    "checkpoint", "checkpoint_path", "pretrained", "pretrained_backbone", "pretrained_cfg", "pretrained_cfg_overlay",
+    "weights", "weights_backbone", "cache_dir",
+})  # fmt: skip
+# What a checkpoint from outside the run's own directory may set among the overrides its run was composed with:
+# values of these sections' keys (the recipe); never callbacks, loggers, paths, Hydra's settings or a sweep's trial.
+RECIPE_SECTIONS = ("data", "network", "module", "loss", "optimizer", "scheduler", "trainer", "seed")
+CHOICE = re.compile(r"^[\w.-]+$")  # a config group's choice: a file name in configs/<group>/
 
 
 def target_nodes(node: Any, key: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -177,3 +204,124 @@ def build_trusted(config: Any, allowed: Sequence[str], what: str) -> Any:
         except Exception as err:
             message = " ".join(str(err).split())
             raise UserError(f"{what} could not be rebuilt: {message}") from err
+
+
+def without_starting_weights(node: Any) -> Any:
+    """A copy of a network config (already allowed: its targets are located to see what they take) built from
+    which no network fetches or reads starting weights (:data:`STARTING_WEIGHTS`): each such argument that a
+    target declares is given its "none" value, also where the config leaves it out (torchvision's segmentation
+    builders start their backbone from ImageNet weights by default), and the others are dropped."""
+    if isinstance(node, list | tuple):
+        return [without_starting_weights(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    cleared = {k: without_starting_weights(v) for k, v in node.items() if k not in STARTING_WEIGHTS}
+    target = node.get("_target_")
+    try:
+        parameters = inspect.signature(hydra.utils.get_object(target)).parameters if isinstance(target, str) else {}
+    except (ValueError, TypeError, ImportError, AttributeError):  # building it fails too, and says so
+        parameters = {}
+    for name in STARTING_WEIGHTS & set(parameters):
+        cleared[name] = False if isinstance(parameters[name].default, bool) else None
+    return cleared
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Every ``torch.load`` in the block reads tensors and plain data only, also where a library asks for more
+    (``torch.hub.load_state_dict_from_url`` unpickles a cached file freely): a file from outside never runs code.
+    This is torch's own switch (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), read at every load."""
+    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # both set is an error in torch
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _plain(value: Any) -> bool:
+    """A value a checkpoint may set: a number, true/false, null, text that is not an interpolation (a resolver
+    could read files, URLs and the environment), or a list of those."""
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, str):
+        return "${" not in value
+    if isinstance(value, list):
+        return all(_plain(v) and not isinstance(v, list) for v in value)
+    return False
+
+
+def _why_not_choice(override: Override) -> str | None:
+    values = override.value() if isinstance(override.value(), list) else [override.value()]
+    if override.key_or_group.split("/")[0] == "hydra":
+        return "Hydra's settings"
+    if override.package is not None:
+        return "places a config elsewhere"
+    if not override.is_delete() and not all(isinstance(v, str) and CHOICE.match(v) for v in values):
+        return "not a choice of the group"
+    return None
+
+
+def _why_not_value(override: Override, composed: DictConfig) -> str | None:
+    key = override.key_or_group
+    parts = key.split(".")
+    if parts[0] not in RECIPE_SECTIONS:
+        return "not part of the recipe"
+    if any(part.startswith("_") for part in parts):
+        return "a Hydra key"
+    if parts[-1] in STARTING_WEIGHTS:
+        return "starting weights (the checkpoint's own replace them)"
+    if parts[-1] == "download":
+        return "fetches data"
+    if override.is_delete():
+        return "removes a key"
+    if not _plain(override.value()):
+        return "not a plain value"
+    parent = OmegaConf.select(composed, ".".join(parts[:-1]), default=None) if len(parts) > 1 else composed
+    if not isinstance(parent, DictConfig) or parts[-1] not in parent:
+        return "a new key"
+    if parent.get("_target_") in LOCATORS:
+        return "names an object to look up"
+    return None
+
+
+def checkpoint_overrides(
+    saved: Sequence[str], given: Sequence[str], config_dir: Path, compose: Callable[[list[str]], DictConfig]
+) -> tuple[list[str], list[str]]:
+    """Of the overrides a checkpoint's run was composed with (``saved``), those a run that starts from the
+    checkpoint outside that run's own directory takes, and the others, each with why it is left out (``"key=value
+    (why)"``). Taken: choices of the config groups (the user's own files), and plain values (:func:`_plain`) of keys
+    of the recipe's sections that the config composed here has. The overrides given now (``given``) replace saved
+    ones of the same key, so those are not examined.
+
+    Args:
+        compose: the config that ``python trainer.py <overrides>`` composes, to check that a key exists.
+    """
+    parser = OverridesParser.create()
+    replaced = {o.key_or_group for o in parser.parse_overrides(list(given))}
+    choices, values, left_out = [], [], []
+    for override in parser.parse_overrides(list(saved)):
+        if override.key_or_group in replaced:
+            continue
+        if override.is_sweep_override():
+            left_out.append(f"{override.input_line} (a sweep)")
+        elif (config_dir / override.key_or_group).is_dir() or override.key_or_group.startswith("hydra/"):
+            why = _why_not_choice(override)
+            (left_out.append(f"{override.input_line} ({why})") if why else choices.append(override.input_line))
+        else:
+            values.append(override)
+    composed = compose([*choices, *given]) if values else None
+    kept = list(choices)
+    for override in values:
+        why = _why_not_value(override, composed)
+        if why:
+            left_out.append(f"{override.input_line} ({why})")
+        else:  # the key is there: `+key` (it was added to the config of the run then) sets it now
+            kept.append(f"+{override.input_line}" if override.is_add() else override.input_line)
+    return kept, left_out

@@ -56,7 +56,7 @@ def test_tiny_imagenet_is_read_as_distributed(make_config, tmp_path):
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")
     assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [16, 2, 6]
-    images, _ = next(iter(datamodule.test_dataloader()))
+    images, *_ = next(iter(datamodule.test_dataloader()))
     assert images.shape[1:] == (3, 64, 64)
 
 
@@ -162,3 +162,14 @@ def test_prepare_imagenet_reports_what_is_wrong(tmp_path, caplog):
     output = caplog.text
     assert "has no label" in output and f"train/{WNIDS[0]}: 4 images" in output
     assert "3 classes, the release has 1000" in output and "6 images, the release has 50000" in output
+
+
+def test_prepare_imagenet_places_nothing_outside_its_destination(tmp_path):
+    """The labels' files are data: a validation label that is a path, not a WordNet id, places no image."""
+    _, val = write_official(tmp_path / "source", archives=False)
+    csv_path = tmp_path / "source" / "LOC_val_solution.csv"
+    first = next(iter(val)).removesuffix(".JPEG")
+    csv_path.write_text(csv_path.read_text().replace(f"{first},n", f"{first},../../../outside n"))
+    report = prepare(tmp_path / "source", tmp_path / "imagenet", expect_classes=3, expect_val=7)
+    assert any("not a WordNet id" in problem for problem in report.problems)
+    assert not list(tmp_path.glob("**/outside*")) and report.written["val"] == 6

@@ -409,3 +409,32 @@ def test_a_jigsaw_checkpoint_is_evaluated_with_its_puzzles_once_vouched_for(tmp_
     # the local data config builds it without vouching
     cfg, data = evaluate_config(tmp_path, ckpt, "data=jigsaw")
     assert evaluate(cfg, [], data)["metrics"]["test/acc"] == pytest.approx(report["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_a_probe_on_its_backbones_own_preprocessing_is_used_and_evaluated_through_it(tmp_path):
+    """``data.features.transform=backbone``: the probe learnt on a timm backbone's preprocessing, so load_model,
+    predict and evaluate preprocess with it too (PIL images or uint8 tensors alike), and evaluate gives the
+    run's own test scores."""
+    from conftest import compose_config
+
+    from image_classification.evaluation import clear_memory
+
+    clear_memory()
+    root = write_image_folder(tmp_path / "photos")
+    overrides = ["experiment=linear-eval", "data=image_folder", f"data.root={root}", "data.num_workers=0",
+                 "network@network.backbone.network=resnet18", "data.features.transform=backbone",
+                 "trainer.max_epochs=3", "logger=none"]  # fmt: skip
+    report, logits = train_with_logits(compose_config(tmp_path, *overrides), tmp_path, overrides)
+    ckpt = report["tested_checkpoint"]
+    cfg, data = evaluate_config(tmp_path, f"ckpt_path={ckpt}", "logger=none")
+    evaluated = evaluate(cfg, [], data)["metrics"]
+    for name in ("test/loss", "test/acc", "test/nll"):
+        assert evaluated[name] == pytest.approx(report["metrics"][name], abs=1e-5), name
+    model = load_model(ckpt)
+    files = [root / "test" / name.split("/")[-2] / name.split("/")[-1] for name in logits["ids"]]
+    torch.testing.assert_close(model.predict([PIL.Image.open(f) for f in files]), logits["logits"], atol=1e-4, rtol=0)
+    from image_classification.data.images import read_image
+
+    torch.testing.assert_close(model.predict([read_image(f) for f in files]), logits["logits"], atol=1e-4, rtol=0)
+    result = predict(predict_config(tmp_path, f"ckpt={ckpt}", f"input={root / 'test'}"))
+    assert len(result["predictions"]) == 18 and result["unreadable"] == []

@@ -244,3 +244,28 @@ def readme_env():
     import os
 
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_study_storage_cannot_run_code_through_the_cma_es_samplers_pickles(tmp_path):
+    """A sweep's storage comes from outside: Optuna's CMA-ES sampler unpickles the state it finds in the study's
+    trials, so it is refused on a stored study, in one line, before the study is read."""
+    from test_errors import RunsAShellCommand
+
+    marker = tmp_path / "pwned"
+    name = "planted"
+    (tmp_path / "logs").mkdir()
+    planted = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path}/logs/optuna-{name}.db")
+    trial = planted.ask()
+    import pickle
+
+    payload = pickle.dumps(RunsAShellCommand(marker)).hex()
+    planted._storage.set_trial_system_attr(trial._trial_id, "cma:optimizer:0", payload)  # what CMA-ES reads back
+    planted.tell(trial, 1.0)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trainer.py"), "--multirun", "hp_search=digits_optuna",
+         f"hydra.sweeper.study_name={name}", "hydra/sweeper/sampler=cmaes", "hydra.sweeper.n_trials=1", *QUICK],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: hydra/sweeper/sampler=cmaes keeps its state")
+    assert not marker.exists()

@@ -5,7 +5,7 @@ from image_classification.data.datasets import CIFAR10, Digits, ImageFolder, ima
 from image_classification.data.imagenet import TinyImageNet, imagenet
 from image_classification.data.jigsaw import Jigsaw, reassemble
 from image_classification.data.permutations import permutation_set
-from image_classification.data.shards import Shards, shard_classes
+from image_classification.data.shards import Shards, shard_channels, shard_classes
 from image_classification.data.splits import dataset_targets, stratified_hold_out
 from image_classification.data.unlabeled import Unlabeled, UnlabeledImages
 
@@ -27,6 +27,7 @@ __all__ = [
     "imagenet",
     "permutation_set",
     "reassemble",
+    "shard_channels",
     "shard_classes",
     "stratified_hold_out",
     "usable_cpus",

@@ -40,8 +40,28 @@ class Digits(Dataset):
 
 
 class CIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR-10 reading the same ``cifar-10-batches-py`` files, checking they exist but not
-    their checksums, so a subset or a re-packed copy in the official format loads too."""
+    """torchvision's CIFAR-10 reading the same ``cifar-10-batches-py`` files, checking they exist but not their
+    checksums, so a subset or a re-packed copy in the official format loads too.
+
+    The files are pickles, and a folder can come from anyone: they are read by :class:`BatchUnpickler`, which
+    builds nothing but the arrays, lists, dicts, text and numbers the format holds (torchvision's reader would
+    run whatever a pickle says), and their contents are checked to be CIFAR-10's."""
+
+    def __init__(self, root: str | Path, train: bool = True, transform: Callable | None = None,
+                 target_transform: Callable | None = None, download: bool = False):  # fmt: skip
+        torchvision.datasets.VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            batch = read_batch(Path(self.root, self.base_folder, name))
+            data.append(batch["data"])
+            self.targets.extend(batch["labels"])
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self._load_meta()
 
     def _check_integrity(self) -> bool:
         folder = Path(self.root, self.base_folder)
@@ -51,9 +71,56 @@ class CIFAR10(torchvision.datasets.CIFAR10):
         path = Path(self.root, self.base_folder, self.meta["filename"])
         if not path.is_file():
             raise RuntimeError(f"{path} not found. You can use download=True to download it")
-        with path.open("rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        names = unpickle(path).get(self.meta["key"])
+        if not (isinstance(names, list) and len(names) == 10 and all(isinstance(n, str) for n in names)):
+            raise DataError(f"{path} does not name CIFAR-10's 10 classes in {self.meta['key']!r}")
+        self.classes = names
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler for files that are data: it builds numpy arrays (of numbers), and the lists, dicts, text, bytes
+    and numbers pickle makes by itself; any other object a pickle names (a function to call, a class to build) is
+    refused, so reading such a file runs nothing."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a data file has no use for")
+        return super().find_class(module, name)
+
+
+def unpickle(path: Path) -> dict[str, Any]:
+    """A dict pickled in ``path`` (with Python 2's text read as latin-1, as CIFAR's files need), through
+    :class:`BatchUnpickler`; one line if it is anything else."""
+    try:
+        with path.open("rb") as f:
+            loaded = BatchUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise DataError(f"{path} is refused: it is not a CIFAR-10 batch file ({err})") from None
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch file: it holds a {type(loaded).__name__}, not a dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in loaded.items()}
+
+
+def read_batch(path: Path) -> dict[str, Any]:
+    """A CIFAR-10 batch file: ``data``, N x 3072 uint8 pixels, and ``labels``, N class indices in 0-9."""
+    batch = unpickle(path)
+    data, labels = batch.get("data"), batch.get("labels", batch.get("fine_labels"))
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise DataError(f"{path} is not a CIFAR-10 batch file: its data is not an N x 3072 array of bytes")
+    if not (
+        isinstance(labels, list) and len(labels) == len(data) and all(type(x) is int and 0 <= x < 10 for x in labels)
+    ):
+        raise DataError(f"{path} is not a CIFAR-10 batch file: its labels are not {len(data)} class indices in 0-9")
+    return {"data": data, "labels": labels}
 
 
 def _split_dirs(root: Path) -> list[str]:

@@ -11,12 +11,14 @@ folder per split (``train/``, ``val/``, ``test/``) of ``chunk-*.bin`` files and 
 """
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import fsspec
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from litdata.utilities.env import _DistributedEnv
 
 from image_classification.data.datamodule import transformed
@@ -25,6 +27,66 @@ from image_classification.data.sampling import CheckedLoader
 from image_classification.errors import DataError
 
 MANIFEST = "manifest.json"
+INDEX = "index.json"
+# What make_shards writes, and so all that data=shards reads: each image as bytes, its label as an integer, its
+# file's name as bytes, in chunk files named by litdata, uncompressed and unencrypted. Shards are read as data: a
+# field stored any other way (litdata's `pickle` format unpickles, and runs whatever the pickle says) is refused
+# before any item is read.
+FORMATS = ("bytes", "int")
+FIELDS = {"image": "bytes", "label": "int", "file": "bytes"}
+CHUNK = re.compile(r"chunk-\d+-\d+\.bin")
+
+
+class Refused(Serializer):
+    """In place of each of litdata's deserializers but :data:`FORMATS`: whatever an index names, nothing but
+    bytes and integers is ever decoded."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def serialize(self, data: Any) -> tuple[bytes, str | None]:
+        raise DataError(f"data=shards does not write {self.name!r} fields")
+
+    def deserialize(self, data: bytes) -> Any:
+        raise DataError(f"shards with {self.name!r} fields are not read: data=shards reads what make_shards writes")
+
+    def can_serialize(self, data: Any) -> bool:
+        return False
+
+
+def data_only() -> dict[str, Serializer]:
+    """litdata's serializers for :data:`FORMATS`, and :class:`Refused` for every other format."""
+    return {name: Refused(name) for name in _SERIALIZERS if name not in FORMATS}
+
+
+def check_index(root: str, split: str) -> None:
+    """The index of a split's chunks describes what make_shards writes (:data:`FIELDS`, chunk files by their names,
+    no compression or encryption), or one line says what it holds instead."""
+    path = f"{str(root).rstrip('/')}/{split}/{INDEX}"
+    try:
+        with fsspec.open(path, "r") as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist: the {split} split of these shards is incomplete") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a litdata index ({err})") from None
+    config = index.get("config") if isinstance(index, dict) else None
+    chunks = index.get("chunks") if isinstance(index, dict) else None
+    if not isinstance(config, dict) or not isinstance(chunks, list):
+        raise DataError(f"{path} is not a litdata index (no config and chunks)")
+    types = config.get("types")
+    if types != FIELDS or sorted(config.get("data_format") or []) != sorted(FIELDS.values()):
+        raise DataError(
+            f"{path} stores {types or config.get('data_format')!r}; data=shards reads only what make_shards writes "
+            f"({FIELDS}): a field in another format (pickle, say) is not read, as it could run code"
+        )
+    for option in ("compression", "encryption"):
+        if config.get(option) is not None:
+            raise DataError(f"{path} says its chunks use {option} {config[option]!r}: make_shards writes none")
+    names = [chunk.get("filename") if isinstance(chunk, dict) else None for chunk in chunks]
+    odd = next((name for name in names if not (isinstance(name, str) and CHUNK.fullmatch(name))), False)
+    if odd is not False:
+        raise DataError(f"{path} names a chunk {odd!r}: a chunk is a chunk-<n>-<n>.bin file beside its index")
 
 
 def read_manifest(root: str) -> dict[str, Any]:
@@ -32,7 +94,7 @@ def read_manifest(root: str) -> dict[str, Any]:
     path = f"{str(root).rstrip('/')}/{MANIFEST}"
     try:
         with fsspec.open(path, "r") as f:
-            return json.load(f)
+            manifest = json.load(f)
     except FileNotFoundError:
         raise DataError(
             f"{path} does not exist: data.root must be a folder written by python -m "
@@ -40,11 +102,29 @@ def read_manifest(root: str) -> dict[str, Any]:
         ) from None
     except ImportError as err:  # fsspec's "install s3fs to access S3"
         raise DataError(f"cannot read {path}: {err}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a manifest written by make_shards ({err})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a manifest written by make_shards")
+    classes, splits = manifest.get("classes"), manifest.get("splits")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)) or not (
+        isinstance(splits, dict)
+        and all(isinstance(s, dict) and isinstance(s.get("images"), int) for s in splits.values())
+    ):
+        raise DataError(f"{path} is not a manifest written by make_shards (its classes or splits are not)")
+    if manifest.get("channels", 3) not in (1, 3):
+        raise DataError(f"{path} says its images have {manifest['channels']!r} channels: 1 (grey) or 3 (RGB)")
+    return manifest
 
 
 def shard_classes(root: str) -> int:
     """How many classes the shards under ``root`` have (the ``${shard_classes:...}`` resolver)."""
     return len(read_manifest(root)["classes"])
+
+
+def shard_channels(root: str) -> int:
+    """The channels of the images in the shards under ``root`` (the ``${shard_channels:...}`` resolver)."""
+    return int(read_manifest(root).get("channels", 3))
 
 
 def image_seed(seed: int, epoch: int, index: int) -> int:
@@ -78,7 +158,13 @@ class Shards(StreamingDataset):
         manifest = read_manifest(root)
         if split not in manifest["splits"]:
             raise DataError(f"the shards under {root} have no {split} split ({', '.join(manifest['splits'])})")
-        super().__init__(f"{str(root).rstrip('/')}/{split}", cache_dir=cache_dir, max_cache_size=max_cache_size)
+        check_index(root, split)
+        super().__init__(
+            f"{str(root).rstrip('/')}/{split}",
+            cache_dir=cache_dir,
+            max_cache_size=max_cache_size,
+            serializers=data_only(),
+        )
         self.root, self.split = str(root), split
         self.cache_dir_option, self.max_cache_size_option = cache_dir, max_cache_size
         self.classes = list(manifest["classes"])
@@ -115,10 +201,13 @@ class Shards(StreamingDataset):
 
     def __getitem__(self, index: Any) -> Any:
         item = super().__getitem__(index)
-        file = bytes(item["file"]).decode()
+        file = bytes(item["file"]).decode(errors="replace")
+        label = item["label"]
+        if not (isinstance(label, int) and 0 <= label < len(self.classes)):
+            raise DataError(f"{file} in the shards under {self.root} has label {label!r}, not one of its classes")
 
         def read() -> tuple[torch.Tensor, int]:
-            return decode_image(bytes(item["image"]), file, self.mode), item["label"]
+            return decode_image(bytes(item["image"]), file, self.mode), label
 
         if not self.streamed:
             return read()

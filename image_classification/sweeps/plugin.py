@@ -2,6 +2,7 @@
 which Hydra loads at start-up; the sweeper itself (``sweeper.py``, with Optuna) is imported only when a sweep
 starts (``hydra/sweeper: study``)."""
 
+import sys
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -17,4 +18,9 @@ class StudySweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        return self.sweeper.sweep(arguments)
+        from image_classification.errors import UserError
+
+        try:
+            return self.sweeper.sweep(arguments)
+        except UserError as err:  # the sweep's own settings (a trial's error fails only that trial)
+            sys.exit(f"Error: {err}")

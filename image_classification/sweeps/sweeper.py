@@ -26,6 +26,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from image_classification.errors import UserError
 from image_classification.sweeps.report import write_report
 from image_classification.sweeps.storage import create_study
 
@@ -107,6 +108,14 @@ class StudySweeperImpl(OptunaSweeperImpl):
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(lines)
         for name in fixed_params:
             distributions.pop(name, None)
+        if isinstance(self.sampler, optuna.samplers.CmaEsSampler) and self.storage_url is not None:
+            # Optuna's CMA-ES keeps its state in the study's trials as a pickle and unpickles it: anyone who can
+            # write the storage could run code in every sweep that continues the study (docs/trust.md)
+            raise UserError(
+                "hydra/sweeper/sampler=cmaes keeps its state in the study's storage as a pickle, which would run "
+                "whatever was written there: use another sampler (tpe, random, qmc, grid, nsgaii), or "
+                "hydra.sweeper.storage=null to keep the study in memory"
+            )
         study = create_study(self.storage_url, self.study_name, self._get_directions(), self.sampler)
         log.info(f"Study {study.study_name} in {self.storage_url or 'memory'}: {len(study.trials)} trials so far")
         return study, distributions, fixed_params, fixed_overrides

@@ -1,0 +1,346 @@
+"""The trust boundary (docs/trust.md): what comes from outside is read as data. Each test plants a file that
+would run ``touch <marker>`` if it were read unsafely (a checkpoint's stored overrides, shards, CIFAR-10
+batches, a torch hub cache, a frozen backbone's file), feeds it to the project as a user would, and checks that
+the marker never appears and that the user is told, in one line, which file and why."""
+
+import copy
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import PIL.Image
+import pytest
+import torch
+import torchvision
+from conftest import ROOT, compose_config, write_cifar10
+from test_errors import RunsAShellCommand
+
+import trainer
+from image_classification import load_network
+from image_classification.checkpoint import FROZEN_KEY, METADATA_KEY, read_checkpoint
+from image_classification.config import CONFIG_DIR, compose, run_config_policy
+from image_classification.data import CIFAR10, Shards
+from image_classification.errors import DataError, UserError
+from image_classification.evaluate import evaluate
+from image_classification.networks.weights import state_digest
+from image_classification.trust import checkpoint_overrides, without_starting_weights
+
+QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none"]
+# A run's own choices, which a checkpoint's overrides may bring to a new run
+RECIPE = ["optimizer=sgd", "optimizer.lr=0.05", "data.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits run's last checkpoint, composed with RECIPE (recorded as its overrides)."""
+    tmp = tmp_path_factory.mktemp("trained")
+    with run_config_policy():
+        report = trainer.train(compose_config(tmp, *QUICK, *RECIPE), RECIPE)
+    return report["last_checkpoint"]
+
+
+def tampered(source, path, **metadata):
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint[METADATA_KEY].update(copy.deepcopy(metadata))
+    torch.save(checkpoint, path)
+    return path
+
+
+def planted_module(folder, marker):
+    """A module that creates ``marker`` when it is imported: what a name looked up by a config could import."""
+    folder.mkdir(exist_ok=True)
+    (folder / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\nvalue = 1\n")
+    return folder
+
+
+def evil_overrides(marker, elsewhere):
+    return [
+        *RECIPE,
+        "+callbacks.pwn._target_=os.system",
+        f"+callbacks.pwn.command='touch {marker}'",
+        "data.eval_batch_transform.transforms.1.dtype.path=planted.value",  # a name Hydra would import
+        "+network@callbacks.net=small_cnn",  # a config placed where it is instantiated as a callback
+        f"paths.output_dir={elsewhere}",
+        "seed=${oc.env:HOME}",
+    ]
+
+
+# 1. A checkpoint's stored overrides
+
+
+def test_only_choices_and_plain_recipe_values_come_from_a_checkpoints_overrides(tmp_path):
+    def composed(lines):
+        return compose([*lines, f"paths.output_dir={tmp_path}"], "train")
+
+    saved = [
+        "experiment=digits",  # a choice: one of the user's own config files
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "trainer.max_epochs=3",
+        "data.root=/data/somewhere",  # a path: read as data
+        "+callbacks.pwn._target_=os.system",
+        "callbacks.last_checkpoint.dirpath=/tmp/x",  # not the recipe
+        "+trainer.new_key=1",
+        "network.in_channels=${oc.env:HOME}",
+        "network.checkpoint=/x.pt",
+        "data.download=true",
+        "data.eval_batch_transform.transforms.1.dtype.path=os.system",
+        "+network@callbacks.net=small_cnn",
+        "hydra/launcher=joblib",
+        "~data.eval_batch_transform",
+        "data.mix={_target_: os.system}",
+        "seed=7",
+    ]
+    kept, left_out = checkpoint_overrides(saved, ["seed=1"], CONFIG_DIR, composed)
+    assert kept == ["experiment=digits", "optimizer=sgd", "optimizer.lr=0.05", "trainer.max_epochs=3"]
+    assert left_out == [
+        "+network@callbacks.net=small_cnn (places a config elsewhere)",
+        "hydra/launcher=joblib (Hydra's settings)",
+        "data.root=/data/somewhere (a new key)",  # digits has no root
+        "+callbacks.pwn._target_=os.system (not part of the recipe)",
+        "callbacks.last_checkpoint.dirpath=/tmp/x (not part of the recipe)",
+        "+trainer.new_key=1 (a new key)",
+        "network.in_channels=${oc.env:HOME} (not a plain value)",
+        "network.checkpoint=/x.pt (starting weights (the checkpoint's own replace them))",
+        "data.download=true (fetches data)",
+        "data.eval_batch_transform.transforms.1.dtype.path=os.system (names an object to look up)",
+        "~data.eval_batch_transform (removes a key)",
+        "data.mix={_target_: os.system} (not a plain value)",
+    ]
+
+
+def test_resuming_a_strangers_checkpoint_runs_nothing_its_overrides_name(trained, tmp_path):
+    """The README's `python trainer.py ckpt_path=<a checkpoint>` (a checkpoint, in a new run)."""
+    marker, elsewhere = tmp_path / "pwned", tmp_path / "elsewhere"
+    evil = tampered(trained, tmp_path / "evil.ckpt", overrides=evil_overrides(marker, elsewhere))
+    environment = {**os.environ, "PYTHONPATH": f"{planted_module(tmp_path / 'modules', marker)}{os.pathsep}{ROOT}"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trainer.py"), "print_config=false", "logger=none", f"ckpt_path={evil}",
+         "trainer.max_epochs=2", "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=environment,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert not marker.exists() and not elsewhere.exists()
+    (warning,) = [line for line in output.splitlines() if "left out:" in line]
+    assert f"{evil} is not a checkpoint of this run's directory" in warning
+    for line in evil_overrides(marker, elsewhere)[len(RECIPE) :]:
+        assert line in warning, line
+    config = (tmp_path / "run" / "config.yaml").read_text()  # the recipe came along
+    assert "_target_: torch.optim.SGD" in config and "lr: 0.05" in config and "batch_size: 32" in config
+
+
+def test_a_checkpoint_of_the_runs_own_directory_brings_all_of_its_overrides(trained, tmp_path):
+    """resume=auto and ckpt_path=last continue the user's own run: its overrides are the user's own command line."""
+    from image_classification.runs import resume_overrides
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    own = ["+callbacks.mine._target_=helpers.EpochLog", "+callbacks.mine.path=epochs.jsonl"]
+    tampered(trained, run_dir / "checkpoints" / "last.ckpt", overrides=own)
+    assert resume_overrides("last", run_dir, ["trainer.max_epochs=2"], compose) == [*own, "trainer.max_epochs=2"]
+
+
+def test_evaluate_recomposes_a_checkpoints_data_without_what_its_overrides_name(trained, tmp_path, monkeypatch):
+    """With data.<key>=... given, evaluate recomposes the checkpoint's data config: no resolver a stored override
+    names is resolved (they read the environment, files and URLs)."""
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PLANTED_BATCH", "7")
+    saved = [*RECIPE, "data.batch_size=${oc.env:PLANTED_BATCH}", "+callbacks.pwn._target_=os.system",
+             f"+callbacks.pwn.command='touch {marker}'"]  # fmt: skip
+    evil = tampered(trained, tmp_path / "evil.ckpt", overrides=saved)
+    cfg = compose([f"ckpt_path={evil}", f"paths.output_dir={tmp_path / 'eval'}", "logger=none"], "evaluate")
+    report = evaluate(cfg, [], ["data.num_workers=0"])
+    assert 0 <= report["metrics"]["test/acc"] <= 1 and not marker.exists()
+    assert "batch_size: 32" in (tmp_path / "eval" / "config.yaml").read_text()  # the recipe's, not the variable's
+
+
+# 2. Shards
+
+
+def write_shards(tmp_path, marker):
+    """Digits shards whose test split stores each label as a pickle that runs a command."""
+    from litdata.streaming.writer import BinaryWriter
+
+    from image_classification.make_shards import main as make_shards
+
+    out = tmp_path / "shards"
+    make_shards([f"out={out}"])
+    for file in (out / "test").iterdir():
+        file.unlink()
+    writer = BinaryWriter(str(out / "test"), chunk_bytes="1MB")
+    data = io.BytesIO()
+    PIL.Image.new("L", (8, 8)).save(data, format="PNG")
+    data = data.getvalue()
+    for i in range(4):
+        writer[i] = {"image": data, "label": RunsAShellCommand(marker), "file": f"{i}.png".encode()}
+    writer.done()
+    writer.merge(1)
+    assert "pickle" in (out / "test" / "index.json").read_text()
+    return out
+
+
+def test_shards_with_pickled_fields_are_refused_before_any_item_is_read(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    shards = write_shards(tmp_path, marker)
+    index = shards / "test" / "index.json"
+    with pytest.raises(DataError, match=f"{index} stores .*data=shards reads only what make_shards writes"):
+        Shards(str(shards), "test")
+    # every entry point that reads shards: a run, check_data, and evaluate of a checkpoint whose data names them
+    with run_config_policy(), pytest.raises(UserError, match="reads only what make_shards writes"):
+        trainer.train(compose_config(tmp_path, "data=shards", f"data.root={shards}", "data.num_workers=0", *QUICK))
+    check = subprocess.run(
+        [sys.executable, "-m", "image_classification.check_data", "data=shards", f"data.root={shards}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert check.returncode == 1 and "Traceback" not in check.stderr and "reads only what make_shards" in check.stderr
+    # and were the index checked no more, litdata could still decode nothing but bytes and integers
+    monkeypatch.setattr("image_classification.data.shards.check_index", lambda root, split: None)
+    with pytest.raises(DataError, match="'pickle' fields are not read"):
+        Shards(str(shards), "test")[0]
+    assert not marker.exists()
+
+
+def test_evaluate_of_a_checkpoint_whose_data_names_such_shards_runs_nothing(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    shards = write_shards(tmp_path, marker)
+    checkpoint = read_checkpoint(trained)
+    data = copy.deepcopy(checkpoint[METADATA_KEY]["config"]["data"])
+    for split in ("train", "val", "test"):
+        data[f"{split}_set"] = {"_target_": "image_classification.data.Shards", "_partial_": True,
+                                "root": str(shards), "split": split}  # fmt: skip
+    data["val_fraction"] = data["test_fraction"] = 0.0
+    config = {**checkpoint[METADATA_KEY]["config"], "data": data}
+    evil = tampered(trained, tmp_path / "evil.ckpt", config=config, overrides=None)
+    cfg = compose([f"ckpt_path={evil}", f"paths.output_dir={tmp_path / 'eval'}", "logger=none"], "evaluate")
+    with pytest.raises(UserError, match="reads only what make_shards writes"):
+        evaluate(cfg, [], [])
+    assert not marker.exists()
+
+
+def test_a_shards_chunk_cannot_name_a_file_outside_its_folder(tmp_path):
+    from image_classification.make_shards import main as make_shards
+
+    out = tmp_path / "shards"
+    make_shards([f"out={out}"])
+    index = json.loads((out / "test" / "index.json").read_text())
+    index["chunks"][0]["filename"] = "../../outside.bin"
+    (out / "test" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="names a chunk '../../outside.bin'"):
+        Shards(str(out), "test")
+
+
+# 3. CIFAR-10 batches
+
+
+def test_cifar10_batches_that_are_not_data_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    write_cifar10(tmp_path / "data")
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    assert len(CIFAR10(str(tmp_path / "data"), train=True)) == 100
+    for name in ("data_batch_3", "batches.meta"):
+        good = (folder / name).read_bytes()
+        (folder / name).write_bytes(pickle.dumps({"data": RunsAShellCommand(marker), "labels": [0]}))
+        with pytest.raises(DataError, match=f"{folder / name} is refused: .*posix.system"):
+            CIFAR10(str(tmp_path / "data"), train=True)
+        with run_config_policy(), pytest.raises(UserError, match=f"{name} is refused"):
+            trainer.train(compose_config(tmp_path, "data=cifar10", *QUICK))
+        (folder / name).write_bytes(good)
+    assert not marker.exists()
+
+
+def test_cifar10_batches_written_by_python_2_or_3_still_load(tmp_path):
+    write_cifar10(tmp_path / "data")
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    for name in ("data_batch_1", "test_batch"):  # protocol 2, bytes keys: as the official files load
+        batch = pickle.loads((folder / name).read_bytes())
+        with open(folder / name, "wb") as f:
+            pickle.dump({k.encode(): v for k, v in batch.items()}, f, protocol=2)
+    dataset = CIFAR10(str(tmp_path / "data"), train=False)
+    assert len(dataset) == 20 and dataset.data.shape == (20, 32, 32, 3) and dataset.classes[0] == "airplane"
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": [[1, 2]], "labels": [0]}))
+    with pytest.raises(DataError, match="its data is not an N x 3072 array of bytes"):
+        CIFAR10(str(tmp_path / "data"), train=False)
+
+
+# 4. Starting weights from a hub cache
+
+
+def plant_in_hub(tmp_path, monkeypatch, url, marker):
+    """A file in a torch hub cache, where torchvision's builders look for their weights, that runs a command
+    when unpickled."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.save({"x": RunsAShellCommand(marker)}, cached)
+    return cached
+
+
+def test_a_checkpoints_network_never_fetches_or_reads_starting_weights(trained, tmp_path, monkeypatch):
+    from torchvision.models import MobileNet_V3_Large_Weights
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    marker = tmp_path / "pwned"
+    plant_in_hub(tmp_path, monkeypatch, MobileNet_V3_Large_Weights.IMAGENET1K_V1.url, marker)
+    network = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=10).eval()
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["state_dict"] = {f"network.{k}": v for k, v in network.state_dict().items()}
+    target = "torchvision.models.segmentation.lraspp_mobilenet_v3_large"
+    for config in (  # starting weights by default (weights_backbone), and asked for by the old spelling
+        {"_target_": target, "num_classes": 10},
+        {"_target_": target, "num_classes": 10, "pretrained_backbone": True, "weights": "DEFAULT"},
+    ):
+        checkpoint[METADATA_KEY]["config"]["network"] = config
+        torch.save(checkpoint, tmp_path / "net.ckpt")
+        rebuilt = load_network(tmp_path / "net.ckpt")
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(rebuilt(x)["out"], network(x)["out"])
+    assert not marker.exists()
+
+
+def test_every_torchvision_and_timm_argument_for_starting_weights_is_known():
+    import inspect
+
+    import timm
+
+    from image_classification.trust import STARTING_WEIGHTS
+
+    named = {p for p in inspect.signature(timm.create_model).parameters if p not in ("model_name", "kwargs")}
+    for name in torchvision.models.list_models():
+        named |= set(inspect.signature(torchvision.models.get_model_builder(name)).parameters)
+    weights = {p for p in named if any(word in p for word in ("weight", "pretrain", "checkpoint", "cache", "url"))}
+    assert weights <= STARTING_WEIGHTS
+    cleared = without_starting_weights({"_target_": "torchvision.models.segmentation.fcn_resnet50", "num_classes": 2})
+    assert cleared == {"_target_": "torchvision.models.segmentation.fcn_resnet50", "num_classes": 2,
+                       "weights": None, "weights_backbone": None}  # fmt: skip
+
+
+def test_a_runs_own_network_reads_hub_weights_as_data(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    marker = tmp_path / "pwned"
+    cached = plant_in_hub(tmp_path, monkeypatch, ResNet18_Weights.IMAGENET1K_V1.url, marker)
+    with run_config_policy(), pytest.raises(Exception, match="Weights only load failed"):
+        torchvision.models.resnet18(weights="IMAGENET1K_V1")  # torchvision asks torch.load for weights_only=False
+    assert cached.is_file() and not marker.exists()
+
+
+# 5. A frozen backbone's file
+
+
+def test_a_checkpoint_cannot_point_its_frozen_backbone_outside_its_folder(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    outside = tmp_path / "outside.pt"
+    torch.save({"w": torch.zeros(1), "x": RunsAShellCommand(marker)}, outside)
+    (tmp_path / "ckpts").mkdir()
+    for name in ("../outside.pt", str(outside), "backbone-0123456789abcdef.pt/../../outside.pt"):
+        info = {"file": name, "sha256": state_digest({"w": torch.zeros(1)})}
+        checkpoint = torch.load(trained, weights_only=True)
+        checkpoint[FROZEN_KEY] = info
+        torch.save(checkpoint, tmp_path / "ckpts" / "probe.ckpt")
+        with pytest.raises(UserError, match=f"names its frozen backbone {name!r}: .* beside it, nowhere else"):
+            load_network(tmp_path / "ckpts" / "probe.ckpt")
+    assert not marker.exists()
