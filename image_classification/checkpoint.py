@@ -122,14 +122,30 @@ def run_metadata(
 
 class RunMetadata(L.Callback):
     """Writes :func:`run_metadata` into every checkpoint the run saves, with the ``val/*`` metrics of the
-    weights it holds (so the report of a tested checkpoint names that checkpoint's own validation scores)."""
+    weights it holds (so the report of a tested checkpoint names that checkpoint's own validation scores), and
+    the step they were measured at (``val_step``). A checkpoint saved after the weights moved on from the last
+    validation (``every_n_train_steps`` within an epoch) holds no validation metrics: none were measured of it."""
 
     def __init__(self, metadata: dict[str, Any]):
         self.metadata = metadata
+        self.validated: tuple[int, dict[str, float]] | None = None  # the step of the last validation, its metrics
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.validated = (trainer.global_step, metrics)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        checkpoint[METADATA_KEY] = {**self.metadata, "epoch": trainer.current_epoch, "val_metrics": metrics}
+        step, metrics = self.validated if self.validated else (None, {})
+        if step != trainer.global_step:
+            step, metrics = None, {}
+        checkpoint[METADATA_KEY] = {
+            **self.metadata,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "val_metrics": metrics,
+            "val_step": step,
+        }
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -107,7 +107,7 @@ class ClassificationModule(L.LightningModule):
         return (self.network if self._compiled is None else self._compiled)(x)
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = batch
+        images, targets = batch[0], batch[1]  # an evaluation batch also says which images it holds (batch[2])
         logits = self(images)
         loss = self.loss(logits, targets)
         if stage == "train" and not torch.isfinite(loss.detach()):

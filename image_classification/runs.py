@@ -42,11 +42,19 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The checkpoints in ``directory``: its ``*.ckpt`` files, not the hidden temporary file of a save that was
+    killed (``.last.<pid>.tmp.ckpt``), which is never a checkpoint."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.ckpt") if not p.name.startswith(".") and p.is_file())
+
+
 def auto_resume(run_dir: Path) -> str | None:
     """``resume=auto``: the run directory's last valid checkpoint (``last.ckpt``; if it cannot be read, the
     readable one that trained furthest), or None when the directory holds none; says which."""
     directory = run_dir / "checkpoints"
-    files = sorted(directory.glob("*.ckpt")) if directory.is_dir() else []
+    files = checkpoint_files(directory)
     if not files:
         log.info(f"resume=auto: no checkpoint in {directory}, starting fresh")
         return None
@@ -72,7 +80,7 @@ def auto_resume(run_dir: Path) -> str | None:
 def check_fresh_start(run_dir: Path, ckpt_path: str | None) -> None:
     """A new run must not mix its checkpoints and logs with those of another run in the same directory."""
     directory = run_dir / "checkpoints"
-    if ckpt_path is None and directory.is_dir() and any(directory.glob("*.ckpt")):
+    if ckpt_path is None and checkpoint_files(directory):
         raise UserError(
             f"{directory} already holds checkpoints of a run: add ckpt_path=last (or resume=auto) to continue "
             "it, or choose another hydra.run.dir to start a new one"

@@ -249,3 +249,15 @@ class SlowDownload(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return torch.zeros(1, 8, 8, dtype=torch.uint8), self.targets[index]
+
+
+class CopyAtStep(L.Callback):
+    """Copies ``source`` to ``path`` at the start of the batch that makes global step ``step``: what a checkpoint
+    file held then."""
+
+    def __init__(self, source: str, path: str, step: int):
+        self.source, self.path, self.step = Path(source), Path(path), step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            self.path.write_bytes(self.source.read_bytes())

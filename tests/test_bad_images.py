@@ -139,3 +139,23 @@ def test_cached_features_stop_at_an_unreadable_image_naming_it(tmp_path):
     assert_clear_error(result, "cached features need every image", "check_data")
     output = result.stdout + result.stderr
     assert re.search(r"cannot read .*/cat/(truncated|empty|notes)\.jpg", output), output[-2000:]
+
+
+@pytest.mark.parametrize("trainer", ["cpu", pytest.param("ddp_cpu", marks=pytest.mark.slow)])
+def test_a_report_names_each_prediction_by_its_own_file_when_a_test_image_is_skipped(tmp_path, trainer):
+    """An unreadable image in the middle of the test split: each prediction stays with its own file (the batch
+    carries the images' ids), the broken file has none and is listed as unreadable, and no image goes missing."""
+    import json
+
+    root = write_image_folder(tmp_path / "photos", per_class=6)
+    broken = root / "test" / "astronaut" / "2b.png"  # sorted between 2.png and 3.jpg
+    broken.write_bytes(b"not a png")
+    result = run_on(tmp_path, root, f"trainer={trainer}", "data.max_bad_images=1", "data.batch_size=4",
+                    "trainer.max_epochs=1", "hydra.run.dir=run")  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    files = sorted(str(f) for f in (root / "test").rglob("*.*") if f != broken)
+    assert sorted(e["id"] for e in report["examples"]) == files  # each once, the broken one not among them
+    for example in report["examples"]:
+        assert example["label"] == example["id"].split("/")[-2], example
+    assert report["unreadable"] == [str(broken)]

@@ -40,7 +40,7 @@ def test_digits_split_is_disjoint_complete_and_fixed_by_split_seed(make_config):
 def test_batch_transforms_augment_training_batches_only(make_config, training):
     datamodule = setup_data(make_config())
     datamodule.trainer = SimpleNamespace(training=training)
-    images, labels = next(iter(datamodule.val_dataloader()))
+    images, labels, _ = next(iter(datamodule.val_dataloader()))  # and each image's position
     first, first_labels = datamodule.on_after_batch_transfer((images, labels), 0)
     second, _ = datamodule.on_after_batch_transfer((images, labels), 0)
     assert first.dtype == torch.float32 and torch.equal(first_labels, labels)
@@ -125,9 +125,10 @@ def test_mnist_reads_the_real_file_format(make_config, tmp_path):
     write_mnist(tmp_path / "data", n_train=50, n_test=20)
     datamodule = setup_data(make_config("data=mnist", "data.num_workers=0"))
     assert [len(datamodule.datasets[s]) for s in ("train", "val", "test")] == [45, 5, 20]
-    images, labels = next(iter(datamodule.test_dataloader()))
+    images, labels, ids = next(iter(datamodule.test_dataloader()))
     assert images.shape[1:] == (1, 28, 28)
     assert np.array_equal(labels.numpy(), np.arange(len(labels)) % 10)
+    assert ids.tolist() == list(range(len(labels)))  # each image says its position in the split
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])

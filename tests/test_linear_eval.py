@@ -242,6 +242,37 @@ def test_the_feature_cache_is_reused_when_nothing_changed_and_rebuilt_when_weigh
     assert memory("train", ImageDigits()) is first and memory.computed == ["train"]  # kept in memory
 
 
+def test_a_damaged_or_foreign_feature_cache_file_is_computed_again(tmp_path, caplog):
+    """A cache file is read as data and checked against the split before use: one that does not load, or holds
+    another count of features, another feature size or other labels, is computed again, with a warning."""
+    from image_classification.data import TransformedSubset
+
+    network = JigsawCNN(0, in_chans=1, channels=[4], kernel_sizes=[3], strides=[1], pool_after=[])
+    split = TransformedSubset(ImageDigits(), list(range(5, 37)), None)
+
+    def cache():
+        clear_memory()
+        features = FeatureCache(Backbone(network), cache_dir=tmp_path, batch_size=16)
+        return features("train", split), features.computed
+
+    (good, labels), computed = cache()
+    (file,) = tmp_path.glob("*.pt")
+    whole = file.read_bytes()
+    for damage, why in [
+        (lambda: file.write_bytes(whole[: len(whole) // 2]), "cannot be read (RuntimeError)"),
+        (lambda: torch.save({"features": good[:3], "labels": labels[:3]}, file), "holds (3, 36) features for 32"),
+        (lambda: torch.save({"features": good[:, :2], "labels": labels}, file), "(32, 2) features for 32 images of 36"),
+        (lambda: torch.save({"features": good, "labels": (labels + 1) % 4}, file), "labels that are not the split's"),
+        (lambda: torch.save([good, labels], file), "cannot be read (TypeError)"),
+    ]:
+        damage()
+        caplog.clear()
+        (features, read_labels), computed = cache()
+        assert computed == ["train"] and torch.equal(features, good) and torch.equal(read_labels, labels), why
+        assert why in caplog.text and "computing them again" in caplog.text
+    assert cache()[1] == []  # the file written again is read back
+
+
 def test_a_changed_backbone_checkpoint_changes_the_features_a_run_uses(make_config, tmp_path):
     clear_memory()
     small_backbone_file(tmp_path / "a.pt")

@@ -125,8 +125,8 @@ def test_ema_weights_are_validated_tested_saved_and_loaded(make_config, tmp_path
         module.load_state_dict(state)
         module.eval()
         with torch.no_grad():
-            losses[name] = sum(module.loss(module(x), y).item() * len(y) for x, y in batches) / sum(
-                len(y) for _, y in batches
+            losses[name] = sum(module.loss(module(x), y).item() * len(y) for x, y, _ in batches) / sum(
+                len(y) for _, y, _ in batches
             )
     assert report["metrics"]["test/loss"] == pytest.approx(losses["average"], rel=1e-5)
     assert losses["average"] != pytest.approx(losses["raw"], rel=1e-3)

@@ -92,6 +92,47 @@ def test_killed_while_saving_the_checkpoint_before_stays_and_the_rerun_continues
     assert all(read_checkpoint(p)["epoch"] >= 0 for p in checkpoints.glob("*.ckpt"))  # every file whole
 
 
+def test_a_save_killed_during_the_first_checkpoint_does_not_block_the_run(tmp_path):
+    """The temporary file of a save that was killed (``.last.<pid>.tmp.ckpt``) is never a checkpoint: resume=auto
+    then starts fresh, and so does a run without it, instead of failing on every retry."""
+    checkpoints = tmp_path / "logs" / "run" / "checkpoints"
+    killed = run_trainer(tmp_path, "hydra.run.dir=logs/run", "trainer.max_epochs=2", *QUICK, *BREAK[:1],
+                         "+callbacks.break_saving.epoch=0", "+callbacks.break_saving.how=kill")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    left = [p.name for p in checkpoints.iterdir()]
+    assert left and all(name.startswith(".") and ".tmp." in name for name in left), left  # no checkpoint, one half
+    for extra in (["resume=auto"], []):
+        again = run_trainer(tmp_path, "hydra.run.dir=logs/run", "trainer.max_epochs=2", *QUICK, *extra)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "starting fresh" in again.stdout + again.stderr or not extra
+        assert step(tmp_path / "logs" / "run") == 6
+        if not extra:
+            break
+        for checkpoint in checkpoints.glob("*.ckpt"):  # the next try: a run that started over, in a fresh directory
+            checkpoint.unlink()
+        (checkpoints / ".last.1.tmp.ckpt").write_bytes(b"half a checkpoint")
+
+
+def test_a_checkpoint_saved_within_an_epoch_records_no_validation_metrics_of_earlier_weights(make_config, tmp_path):
+    """``last_checkpoint.every_n_train_steps``: a last.ckpt saved after the weights moved on from the last
+    validation holds no validation metrics (they were not measured of it), and evaluate reports none."""
+    from image_classification.config import compose
+    from image_classification.evaluate import evaluate
+
+    last, snapshot = tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "at-step-16.ckpt"
+    copy = ["+callbacks.copy._target_=tests.helpers.CopyAtStep", f"+callbacks.copy.source={last}",
+            f"+callbacks.copy.path={snapshot}", "+callbacks.copy.step=17"]  # fmt: skip
+    cfg = make_config("trainer.max_epochs=2", "trainer.limit_train_batches=10", "logger=none",
+                      "callbacks.last_checkpoint.every_n_train_steps=4", *copy)  # fmt: skip
+    trainer.train(cfg)
+    within = read_checkpoint(snapshot)["image_classification"]
+    assert (within["global_step"], within["val_metrics"], within["val_step"]) == (16, {}, None)
+    end = read_checkpoint(last)["image_classification"]  # saved right after its epoch's validation
+    assert end["global_step"] == end["val_step"] == 20 and "val/acc" in end["val_metrics"]
+    cfg = compose([f"ckpt_path={snapshot}", f"paths.output_dir={tmp_path / 'eval'}", "logger=none"], "evaluate")
+    assert evaluate(cfg, [], [])["checkpoint_val_metrics"] == {}
+
+
 def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_checkpoint_before(make_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", torch.save)  # put back, whatever the run leaves
     cfg = make_config("trainer.max_epochs=3", *QUICK, *BREAK, "+callbacks.break_saving.how=full")

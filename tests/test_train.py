@@ -174,7 +174,7 @@ def test_rebuilt_network_gives_the_trained_modules_logits(make_config, tmp_path)
     fit.save_checkpoint(path)
 
     network = load_network(path)
-    images, _ = datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0)
+    images, *_ = datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0)
     module.eval()
     with torch.no_grad():
         torch.testing.assert_close(network(images), module(images), rtol=0, atol=0)

@@ -144,18 +144,23 @@ class EvaluationReport(L.Callback):
         self.path = Path(path)
         self.logits: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
+        self.ids: list[torch.Tensor] = []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.logits, self.labels = [], []
+        self.logits, self.labels, self.ids = [], [], []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if isinstance(outputs, dict) and "logits" in outputs:
             targets = batch[1]
             self.logits.append(outputs["logits"].float().cpu())
             self.labels.append((targets.argmax(-1) if targets.ndim > 1 else targets).cpu())
+            if len(batch) < 3:
+                raise RuntimeError("a test batch must say which images it holds, (images, labels, ids)")
+            self.ids.append(batch[2].long().cpu())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logits, labels, positions = gather_predictions(trainer, self.logits, self.labels)
+        logits, labels, positions = gather_predictions(trainer, self.logits, self.labels, self.ids)
+        unreadable = gather_unreadable(trainer)
         if not trainer.is_global_zero or not len(labels):
             return
         metadata = run_metadata_of(trainer) or {}
@@ -178,6 +183,7 @@ class EvaluationReport(L.Callback):
             split_metrics=splits,
             metadata=metadata,
             tested_checkpoint=tested,
+            unreadable=unreadable,
         )
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(report, indent=1))
@@ -189,15 +195,16 @@ class EvaluationReport(L.Callback):
 
 
 def gather_predictions(
-    trainer: L.Trainer, logits: list[torch.Tensor], labels: list[torch.Tensor]
+    trainer: L.Trainer, logits: list[torch.Tensor], labels: list[torch.Tensor], ids: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """``(logits, labels, positions)`` of the whole test on the first process, in test-set order: each image's
-    position in the test set with its logits and label. Under DDP process ``r`` of ``N`` scored positions
-    ``r, r + N, ...`` (the DataModule's unpadded evaluation sampler); the other processes get nothing."""
+    position in the test set (its id, which its batch carried: an image that could not be read left no gap to
+    shift the others into) with its logits and label. Under DDP every process's share is gathered; the other
+    processes get nothing."""
     logits = torch.cat(logits) if logits else torch.empty(0)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    positions = torch.cat(ids) if ids else torch.empty(0, dtype=torch.long)
     world_size = trainer.world_size
-    positions = trainer.global_rank + world_size * torch.arange(len(labels))
     if world_size > 1:
         shares: list = [None] * world_size
         torch.distributed.all_gather_object(shares, (logits, labels, positions))
@@ -205,9 +212,19 @@ def gather_predictions(
             return torch.empty(0), torch.empty(0, dtype=torch.long), []
         shares = [share for share in shares if len(share[1])] or [(logits, labels, positions)]
         logits, labels, positions = (torch.cat(parts) for parts in zip(*shares, strict=True))
-        order = positions.argsort()
-        logits, labels, positions = logits[order], labels[order], positions[order]
-    return logits, labels, positions.tolist()
+    order = positions.argsort()
+    return logits[order], labels[order], positions[order].tolist()
+
+
+def gather_unreadable(trainer: L.Trainer) -> list[str]:
+    """The test images every process skipped as unreadable, on the first process."""
+    bad_images = getattr(trainer.datamodule, "bad_images", {}).get("test")
+    seen = list(bad_images.seen) if bad_images is not None else []
+    if trainer.world_size > 1:
+        shares: list = [None] * trainer.world_size
+        torch.distributed.all_gather_object(shares, seen)
+        seen = [path for share in shares for path in share]
+    return sorted(set(seen))
 
 
 def flat_settings(config: dict, sections: Sequence[str], prefix: str = "") -> dict[str, str | int | float | bool]:

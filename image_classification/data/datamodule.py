@@ -56,14 +56,20 @@ def held_out(fraction: float, size: int) -> int:
 class TransformedSubset(Dataset):
     """``dataset[indices[i]]`` with ``transform`` applied to the image. An image file the dataset cannot read
     (:class:`~image_classification.data.images.BadImage`) is handed to ``bad_images`` and comes out as ``None``,
-    which the loader's collate leaves out; without ``bad_images`` it stops with one line naming the file."""
+    which the loader's collate leaves out; without ``bad_images`` it stops with one line naming the file.
+
+    Args:
+        with_ids: give ``(image, label, i)``: each sample says which of the subset's images it is, so that what a
+            batch holds is known however many of its images could not be read (an evaluation's report).
+    """
 
     def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Callable | None,
-                 bad_images: BadImages | None = None):  # fmt: skip
+                 bad_images: BadImages | None = None, with_ids: bool = False):  # fmt: skip
         self.dataset = dataset
         self.indices = list(range(len(dataset))) if indices is None else list(indices)
         self.transform = transform
         self.bad_images = bad_images
+        self.with_ids = with_ids
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -72,7 +78,8 @@ class TransformedSubset(Dataset):
         """``index``, or ``(index, seed)``: the image's random transforms draw from generators seeded with
         ``seed`` (the training sampler's :class:`~image_classification.data.sampling.EpochSampler`)."""
         index, seed = index if isinstance(index, tuple) else (index, None)
-        return transformed(lambda: self.dataset[self.indices[index]], self.transform, self.bad_images, seed)
+        sample = transformed(lambda: self.dataset[self.indices[index]], self.transform, self.bad_images, seed)
+        return (*sample, index) if self.with_ids and sample is not None else sample
 
 
 def transformed(read: Callable[[], tuple[Any, Any]], transform: Callable | None, bad_images: BadImages | None,
@@ -267,15 +274,17 @@ class DataModule(L.LightningDataModule):
             self.datasets["train"] = full_train.stream(train_transform, self.bad_images["train"])
         else:
             self.datasets["train"] = TransformedSubset(full_train, train, train_transform, self.bad_images["train"])
-        for name in ("val", "test"):
+        for name in ("val", "test"):  # each sample with its position in the split: the report names the right file
             if sets[name] is None:
                 self.datasets[name] = TransformedSubset(
-                    full_train, held[name], self.eval_transform, self.bad_images[name]
+                    full_train, held[name], self.eval_transform, self.bad_images[name], with_ids=True
                 )
                 how = "stratified by class" if targets is not None else "at random (the dataset lists no targets)"
                 log.info(f"{name} set: {len(held[name])} images held out of the training set, {how}")
             else:
-                self.datasets[name] = TransformedSubset(sets[name], None, self.eval_transform, self.bad_images[name])
+                self.datasets[name] = TransformedSubset(
+                    sets[name], None, self.eval_transform, self.bad_images[name], with_ids=True
+                )
         self.classes = class_names(full_train)
         self._check_classes(full_train, sets)
         for name in SPLITS:
@@ -289,7 +298,9 @@ class DataModule(L.LightningDataModule):
         self.images = dict(self.datasets)
         if self.features is not None:
             for name in SPLITS:
-                self.datasets[name] = TensorDataset(*self.features(name, self.images[name], self.eval_batch_transform))
+                features, labels = self.features(name, self.images[name], self.eval_batch_transform)
+                ids = [torch.arange(len(labels))] if name != "train" else []  # as the images' samples have them
+                self.datasets[name] = TensorDataset(features, labels, *ids)
 
     def _first_readable(self, split: str) -> tuple[Any, Any]:
         """The first training sample whose image can be read (for the checks of ``setup``)."""
@@ -304,7 +315,7 @@ class DataModule(L.LightningDataModule):
         """``(features, labels)`` of a split served as features (``data.features``)."""
         if self.features is None or not isinstance(self.datasets.get(split), TensorDataset):
             raise DataError("this needs cached features: set data.features (strategy=cached, logistic or knn)")
-        return self.datasets[split].tensors
+        return self.datasets[split].tensors[:2]
 
     def in_order(self, split: str) -> tuple[Dataset, list[int]]:
         """A split's images as the dataset they come from and their indices in it, untransformed (a streamed
@@ -381,7 +392,10 @@ class DataModule(L.LightningDataModule):
             return batch
         training = self.trainer is not None and self.trainer.training
         transform = self.train_batch_transform if training else self.eval_batch_transform
-        return batch if transform is None else transform(*batch)
+        if transform is None:
+            return batch
+        images, labels, *ids = batch  # an evaluation batch's ids pass through
+        return [*transform(images, labels), *ids]
 
     def _loader(self, name: str) -> DataLoader:
         world_size, rank = getattr(self.trainer, "world_size", 1), getattr(self.trainer, "global_rank", 0)

@@ -121,9 +121,9 @@ class FeatureCache:
             log.info(f"{split} features: reused from memory ({key})")
             return _memory[key]
         path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
-        if path is not None and path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            features, labels = saved["features"], saved["labels"]
+        saved = self.read(path, split, dataset) if path is not None and path.is_file() else None
+        if saved is not None:
+            features, labels = saved
             log.info(f"{split} features: read from {path}")
         else:
             features, labels = self.compute(split, dataset, batch_transform)
@@ -135,6 +135,30 @@ class FeatureCache:
         while len(_memory) > MEMORY_ENTRIES:
             _memory.popitem(last=False)
         return _memory[key]
+
+    def read(self, path: Path, split: str, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The features saved in ``path`` if they are whole and are the split's (one row of this backbone's
+        features for each of its images, their labels), else None, saying why: they are then computed again."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            features, labels = saved["features"], saved["labels"]
+        except Exception as err:  # truncated, corrupt, not a dict of tensors: the cache is no one's to trust
+            log.warning(f"{split} features: {path} cannot be read ({type(err).__name__}), computing them again")
+            return None
+        expected = dataset_labels(dataset)
+        why = None
+        if not (isinstance(features, torch.Tensor) and isinstance(labels, torch.Tensor)):
+            why = "not tensors"
+        elif features.ndim != 2 or features.shape != (len(dataset), self.backbone.num_features):
+            why = f"{tuple(features.shape)} features for {len(dataset)} images of {self.backbone.num_features}"
+        elif not features.is_floating_point() or labels.shape != (len(dataset),):
+            why = "not a feature and a label per image"
+        elif expected is not None and not torch.equal(labels.long(), expected):
+            why = "labels that are not the split's"
+        if why:
+            log.warning(f"{split} features: {path} holds {why}, computing them again")
+            return None
+        return features.float(), labels.long()
 
     def _with_backbone_transform(self, dataset: Dataset) -> Dataset:
         transform = self.backbone.eval_transform()
@@ -164,7 +188,7 @@ class FeatureCache:
             collate_fn=collate_readable,
         )
         features, labels = [], []
-        for images, targets in loader:
+        for images, targets, *_ in loader:
             if not bad_images.queue.empty():  # each image has its features, or the split has none
                 path, reason = bad_images.queue.get()
                 raise DataError(
@@ -183,6 +207,17 @@ class FeatureCache:
             f"({len(dataset) / max(seconds, 1e-9):.0f} images/s)"
         )
         return features, labels
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
+    """A subset's labels where its dataset lists them (``targets``) without reading an image, else None."""
+    from image_classification.data.splits import dataset_targets
+
+    base, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    targets = dataset_targets(base) if base is not None and indices is not None else None
+    if targets is None:
+        return None
+    return torch.as_tensor(targets, dtype=torch.long)[torch.as_tensor(indices, dtype=torch.long)]
 
 
 class OnPILImages:

@@ -82,8 +82,10 @@ def build_report(
     split_metrics: dict[str, dict[str, float]],
     metadata: dict[str, Any],
     tested_checkpoint: str | None,
+    unreadable: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The report of a test: see the module's docstring."""
+    """The report of a test: see the module's docstring. ``unreadable``: the test images skipped as unreadable
+    (they have no prediction)."""
     probabilities = logits.float().softmax(dim=1)
     score, predicted = probabilities.max(dim=1)
     correct = (predicted == labels).numpy()
@@ -110,6 +112,7 @@ def build_report(
         "device": device_name(),
         "versions": metadata.get("versions"),
         "tested_checkpoint": tested_checkpoint,
+        "unreadable": list(unreadable),
         "examples": [
             {"id": example_id, "label": class_names[t], "predicted": class_names[p], "score": round(float(s), 6)}
             for example_id, t, p, s in zip(example_ids, labels.tolist(), predicted.tolist(), score, strict=True)
