@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import ROOT, write_image_folder
 
+from image_classification.errors import UserError
+
 
 def run_trainer(cwd, *overrides):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -160,3 +162,15 @@ def test_a_truncated_checkpoint_is_named_in_one_line(tmp_path):
     result = run_trainer(tmp_path, "ckpt_path=cut.ckpt")
     assert_clear_error(result, "cut.ckpt is not a readable PyTorch checkpoint: it is truncated, corrupt")
     assert len(error_lines(result)) == 1
+
+
+def test_an_image_size_that_is_not_positive_is_one_line(tmp_path, make_config):
+    result = run_trainer(tmp_path, "data.image_size=0")
+    assert_clear_error(result, "data.image_size must be a positive number of pixels, got 0")
+    assert len(error_lines(result)) == 1
+    from image_classification.config import instantiate
+
+    for setting in ("data.image_size=-8", "data.eval_image_size=0", "data.eval_resize=0"):
+        data = ["data=imagenet", "data.root=.", "data.num_classes=3"]
+        with pytest.raises(UserError, match=f"{setting.split('=')[0]} must be a positive number of pixels"):
+            instantiate(make_config(*data, setting).data, "data")

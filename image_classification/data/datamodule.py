@@ -173,6 +173,13 @@ class DataModule(L.LightningDataModule):
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if not isinstance(size, int) or size < 1:
                 raise DataError(f"data.{name} must be a positive whole number, got {size!r}")
+        sizes = {
+            "image_size": image_size,
+            **{k: v for k, v in settings.items() if k.endswith(("image_size", "resize"))},
+        }
+        for name, size in sizes.items():
+            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+                raise DataError(f"data.{name} must be a positive number of pixels, got {size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise DataError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers!r}")
         self.factories = {"train": train_set, "val": val_set, "test": test_set}
