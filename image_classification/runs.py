@@ -209,8 +209,16 @@ def checkpoint_paths(callbacks: dict[str, Any]) -> tuple[str | None, str | None]
     ``last_checkpoint`` is a ModelCheckpoint without a monitor that keeps one file, ``last.ckpt``,
     rewritten at the end of every epoch: its "best" path is that file.
     """
-    best, last = callbacks.get("best_checkpoint"), callbacks.get("last_checkpoint")
-    return (best.best_model_path or None) if best else None, (last.best_model_path or None) if last else None
+    return written_by(callbacks.get("best_checkpoint")), written_by(callbacks.get("last_checkpoint"))
+
+
+def written_by(callback: Any) -> str | None:
+    """A ModelCheckpoint's best checkpoint if it is a file in the callback's own folder: resumed from a checkpoint
+    of another directory, Lightning restores the path the callback had there, which is not this run's."""
+    path = getattr(callback, "best_model_path", None) if callback is not None else None
+    if not path or callback.dirpath is None or "://" in str(path):
+        return path or None
+    return path if Path(path).resolve().parent == Path(callback.dirpath).resolve() else None
 
 
 def checkpoint_val_metrics(path: str | None) -> tuple[dict[str, float], int | None]:

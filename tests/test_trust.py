@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import PIL.Image
 import pytest
@@ -344,3 +345,18 @@ def test_a_checkpoint_cannot_point_its_frozen_backbone_outside_its_folder(traine
         with pytest.raises(UserError, match=f"names its frozen backbone {name!r}: .* beside it, nowhere else"):
             load_network(tmp_path / "ckpts" / "probe.ckpt")
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_directory_cannot_name_the_checkpoint_a_run_tests(trained, tmp_path):
+    """Lightning restores the best checkpoint's path a checkpoint's callbacks had in their own directory: a run
+    in another directory never tests or reports that file as its own."""
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(Path(trained).read_bytes())
+    checkpoint = torch.load(trained, weights_only=True)
+    for key, state in checkpoint["callbacks"].items():
+        if key.startswith("ModelCheckpoint") and "best_model_path" in state:
+            state["best_model_path"] = str(other)
+    torch.save(checkpoint, tmp_path / "resumed.ckpt")
+    with run_config_policy():  # nothing left to train: the run tests what it has, not the file named
+        report = trainer.train(compose_config(tmp_path, *QUICK, *RECIPE, f"ckpt_path={tmp_path / 'resumed.ckpt'}"))
+    assert str(other) not in json.dumps(report)

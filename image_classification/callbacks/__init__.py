@@ -18,7 +18,7 @@ from image_classification.data.datamodule import transform_tree
 from image_classification.data.jigsaw import Jigsaw, reassemble
 from image_classification.evaluation.report import build_report
 from image_classification.files import atomic_path
-from image_classification.runs import checkpoint_val_metrics
+from image_classification.runs import checkpoint_val_metrics, written_by
 
 log = logging.getLogger(__name__)
 # HParams' results: the best val/acc, the test accuracy, loss, and negative log-likelihood (the loss without
@@ -67,9 +67,9 @@ class EMA(EMAWeightAveraging):
 
 def tested_checkpoint(trainer: L.Trainer) -> str | None:
     """The checkpoint a run tests: the best one of a monitoring ModelCheckpoint, else the last one written."""
-    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path]
+    callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and written_by(c)]
     monitored = [c for c in callbacks if c.monitor is not None]
-    return (monitored or callbacks)[0].best_model_path if callbacks else None
+    return written_by((monitored or callbacks)[0]) if callbacks else None
 
 
 class FeatureExtractor(L.Callback):
