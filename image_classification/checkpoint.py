@@ -158,6 +158,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.swept: set[Path] = set()  # directories already cleared of dead writers' temporary files
 
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's loading (every checkpoint a run resumes or tests), with the files that the callbacks' state
+        names confined to the checkpoint's own folder (:func:`confine_callback_paths`)."""
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        if "://" not in str(path) and isinstance(checkpoint, dict):
+            confine_callback_paths(checkpoint, Path(path).parent)
+        return checkpoint
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # a remote file system: Lightning's own (fsspec) writing
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -172,6 +180,50 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise UserError(
                 f"could not write the checkpoint {path}: {err.strerror or err}; the checkpoint before it is kept"
             ) from None
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What the metadata a checkpoint carries may hold, key by key (None is always allowed): read as data, checked
+# before anything uses it, so a damaged or planted one is one line rather than a traceback further on.
+METADATA_TYPES: dict[str, tuple[str, Any]] = {
+    "class_names": ("a list of names", _texts),
+    "overrides": ("a list of overrides", _texts),
+    "val_metrics": (
+        "a mapping of metrics to numbers",
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())
+        ),
+    ),
+    "epoch": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "val_step": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "git_commit": ("text", lambda v: isinstance(v, str)),
+}
+# What a ModelCheckpoint's state names: files it wrote, and may remove when it writes better ones
+CHECKPOINT_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def confine_callback_paths(checkpoint: dict[str, Any], folder: Path) -> None:
+    """Forget every file a checkpoint's callback state names (a ModelCheckpoint's best, k-th best and last
+    checkpoints) that is not in ``folder``, the checkpoint's own: Lightning tests the best one, and removes the
+    others, folders included, when it writes better ones. A checkpoint from elsewhere could name any path."""
+    folder = folder.resolve()
+
+    def inside(path: Any) -> bool:  # as written (Lightning compares it unresolved) and as resolved (links)
+        if not isinstance(path, str) or "://" in path or ".." in Path(path).parts:
+            return False
+        return Path(path).resolve().parent == folder and Path(path).absolute().parent.resolve() == folder
+
+    states = checkpoint.get("callbacks")
+    for state in states.values() if isinstance(states, dict) else []:
+        if not isinstance(state, dict) or "best_model_path" not in state:
+            continue
+        best_k = state.get("best_k_models")
+        named = [state.get(key) for key in CHECKPOINT_PATHS] + (list(best_k) if isinstance(best_k, dict) else [best_k])
+        if not all(inside(path) for path in named if path):  # forgotten whole: what is left stays consistent
+            state.update({key: "" for key in CHECKPOINT_PATHS}, best_k_models={}, best_model_score=None)
 
 
 def unreadable(path: Path, err: Exception) -> UserError:
@@ -204,6 +256,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     metadata = checkpoint[METADATA_KEY]
     if not isinstance(metadata, dict) or not isinstance(metadata.get("config"), dict):
         raise UserError(f"the {METADATA_KEY!r} metadata of {path} holds no config: it is damaged or not ours")
+    for key, (kind, admits) in METADATA_TYPES.items():
+        if key in metadata and metadata[key] is not None and not admits(metadata[key]):
+            raise UserError(f"{path}: its {METADATA_KEY}.{key} is not {kind}: it is damaged or not ours")
+    for section in ("network", "data", "module", "loss"):
+        if not isinstance(metadata["config"].get(section) or {}, dict):
+            raise UserError(f"{path}: its config's {section} is not a mapping: it is damaged or not ours")
     if not isinstance(checkpoint.get("state_dict", {}), dict):
         raise UserError(f"the state_dict of {path} is not a mapping of weights: it is damaged or not ours")
     return checkpoint

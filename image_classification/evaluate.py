@@ -15,7 +15,7 @@ import datetime
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +119,24 @@ def without_downloads(node: Any) -> Any:
     return node
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# The module settings a checkpoint's config gives evaluate (ClassificationModule's arguments that change what a
+# test measures); the others (compile options, the scheduler, channels_last) are training's.
+EVALUATION_SETTINGS: dict[str, Callable[[Any], bool]] = {
+    "num_classes": lambda value: _count(value) and value > 0,
+    "top_k": _count,
+    "per_class_metrics": lambda value: isinstance(value, bool),
+}
+
+
 def build_module(checkpoint: dict[str, Any], path: str, trusted: Sequence[str]) -> ClassificationModule:
     """The checkpoint's module: its network (``load_network``), its loss, its settings; no optimizer."""
     config = checkpoint[METADATA_KEY]["config"]
-    module = dict(config["module"])
-    target = module.pop("_target_")
+    module = config.get("module")
+    target = module.get("_target_") if isinstance(module, dict) else None
     if target not in (
         "image_classification.ClassificationModule",
         f"{ClassificationModule.__module__}.ClassificationModule",
@@ -131,6 +144,14 @@ def build_module(checkpoint: dict[str, Any], path: str, trusted: Sequence[str]) 
         raise UserError(
             f"the checkpoint's module is {target!r}: evaluate tests image_classification.ClassificationModule"
         )
+    settings = {}
+    for name, value in module.items():  # what evaluating needs, as plain values; nothing else (no compile options)
+        if name in EVALUATION_SETTINGS:
+            if not EVALUATION_SETTINGS[name](value):
+                raise UserError(f"the checkpoint's module.{name} is {value!r}, not a setting evaluate can use")
+            settings[name] = value
+    if "num_classes" not in settings:
+        raise UserError(f"the checkpoint's module config does not say how many classes it has: {path} is not ours")
     loss = build_trusted(
         config["loss"],
         allow_list(config["loss"], "loss", is_trusted_loss, "a loss", ("torch.nn.", "image_classification."), trusted),
@@ -138,7 +159,7 @@ def build_module(checkpoint: dict[str, Any], path: str, trusted: Sequence[str]) 
     )
     network = network_from_checkpoint(checkpoint, path, "cpu", trusted)
     names = checkpoint[METADATA_KEY].get("class_names")
-    return ClassificationModule(network=network, loss=loss, optimizer=None, class_names=names, **module)
+    return ClassificationModule(network=network, loss=loss, optimizer=None, class_names=names, **settings)
 
 
 def check_classes(module: ClassificationModule, classes: list[str] | None, num_classes: int) -> None:

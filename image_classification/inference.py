@@ -128,7 +128,12 @@ class Model:
         for indices in by_size.values():
             for i, row in zip(indices, self.forward_batch(torch.stack([tensors[i] for i in indices])), strict=True):
                 logits[i] = row
-        return torch.stack(logits)
+        logits = torch.stack(logits)
+        if self.class_names is not None and logits.shape[-1] != len(self.class_names):
+            raise UserError(
+                f"{self.path} names {len(self.class_names)} classes but its network gives {logits.shape[-1]} scores"
+            )
+        return logits
 
     @torch.inference_mode()
     def forward_batch(self, batch: torch.Tensor) -> torch.Tensor:
@@ -175,9 +180,17 @@ def build_preprocess(
         config = data.get(name)
         allowed = transform_allow_list(config, f"data.{name}", trusted_targets)
         built[name] = build_trusted(config, allowed, f"the checkpoint's data.{name}") if config else None
+        if built[name] is not None and not callable(built[name]):
+            raise UserError(f"the checkpoint's data.{name} builds a {type(built[name]).__name__}, not a transform")
         for where, part in transform_tree(name, built[name]):
-            if isinstance(part, nn.Module) and state and where in state:
-                part.load_state_dict(state[where])
+            if isinstance(part, nn.Module) and isinstance(state, dict) and where in state:
+                saved = state[where]
+                if not (isinstance(saved, dict) and all(isinstance(v, torch.Tensor) for v in saved.values())):
+                    raise UserError(f"the checkpoint's state of data.{where} is not a mapping of tensors")
+                try:
+                    part.load_state_dict(saved)
+                except RuntimeError as err:
+                    raise UserError(f"the checkpoint's state of data.{where} does not fit it: {err}") from None
     configs = {"image": data.get("eval_transform"), "batch": data.get("eval_batch_transform")}
     return Preprocess(built["eval_transform"], built["eval_batch_transform"], data.get("channels"), configs)
 

@@ -244,7 +244,8 @@ def test_the_feature_cache_is_reused_when_nothing_changed_and_rebuilt_when_weigh
 
 def test_a_damaged_or_foreign_feature_cache_file_is_computed_again(tmp_path, caplog):
     """A cache file is read as data and checked against the split before use: one that does not load, or holds
-    another count of features, another feature size or other labels, is computed again, with a warning."""
+    another count of features, another feature size, other labels or features that computed again for images
+    drawn at random are not the same, is computed again, with a warning."""
     from image_classification.data import TransformedSubset
 
     network = JigsawCNN(0, in_chans=1, channels=[4], kernel_sizes=[3], strides=[1], pool_after=[])
@@ -264,6 +265,10 @@ def test_a_damaged_or_foreign_feature_cache_file_is_computed_again(tmp_path, cap
         (lambda: torch.save({"features": good[:, :2], "labels": labels}, file), "(32, 2) features for 32 images of 36"),
         (lambda: torch.save({"features": good, "labels": (labels + 1) % 4}, file), "labels that are not the split's"),
         (lambda: torch.save([good, labels], file), "cannot be read (TypeError)"),
+        (  # forged: the right shape and labels, features that give them away
+            lambda: torch.save({"features": 10 * nn.functional.one_hot(labels, 36).float(), "labels": labels}, file),
+            "features that are not this backbone's of the train images (checked 8 at random)",
+        ),
     ]:
         damage()
         caplog.clear()

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,65 @@ def test_a_checkpoint_of_another_directory_cannot_name_the_checkpoint_a_run_test
     with run_config_policy():  # nothing left to train: the run tests what it has, not the file named
         report = trainer.train(compose_config(tmp_path, *QUICK, *RECIPE, f"ckpt_path={tmp_path / 'resumed.ckpt'}"))
     assert str(other) not in json.dumps(report)
+
+
+def test_evaluate_takes_no_compile_options_from_a_checkpoint(trained, tmp_path):
+    """torch.compile's options name programs it runs (Inductor's C++ compiler): evaluate builds the module from
+    the settings that change what a test measures, never a checkpoint's compile options."""
+    marker = tmp_path / "pwned"
+    checkpoint = read_checkpoint(trained)
+    config = copy.deepcopy(checkpoint[METADATA_KEY]["config"])
+    config["module"]["compile"] = {"backend": "inductor", "options": {"cpp.cxx": f"sh -c 'touch {marker}' #"}}
+    evil = tampered(trained, tmp_path / "evil.ckpt", config=config)
+    cfg = compose([f"ckpt_path={evil}", f"paths.output_dir={tmp_path / 'eval'}", "logger=none"], "evaluate")
+    assert 0 <= evaluate(cfg, [], [])["metrics"]["test/acc"] <= 1
+    assert not marker.exists()
+    config["module"]["top_k"] = "all"
+    cfg = compose([f"ckpt_path={tampered(trained, evil, config=config)}", f"paths.output_dir={tmp_path / 'e2'}"],
+                  "evaluate")  # fmt: skip
+    with pytest.raises(UserError, match="module.top_k is 'all', not a setting evaluate can use"):
+        evaluate(cfg, [], [])
+
+
+def test_a_checkpoints_callback_state_cannot_make_a_run_remove_files_elsewhere(trained, tmp_path):
+    """Lightning removes the checkpoints a ModelCheckpoint's state names when it writes better ones, folders
+    included: the paths a checkpoint's callback state names are confined to the checkpoint's own folder."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "data.txt").write_text("keep me")
+    checkpoint = torch.load(trained, weights_only=True)
+    for state in checkpoint["callbacks"].values():
+        if "best_model_path" in state:
+            state["best_model_path"] = state["last_model_path"] = str(tmp_path / "run/checkpoints/../../victim")
+            state["best_k_models"] = {str(victim): 0.0}
+            state["dirpath"] = str(tmp_path / "run" / "checkpoints")  # this run's, as if it were its own
+    torch.save(checkpoint, tmp_path / "evil.ckpt")
+    with run_config_policy():
+        trainer.train(
+            compose_config(tmp_path, *QUICK, *RECIPE, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'evil.ckpt'}")
+        )
+    assert (victim / "sub" / "data.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"class_names": 3}, "class_names is not a list of names"),
+        ({"class_names": {"a": 1}}, "class_names is not a list of names"),
+        ({"overrides": {"a": 1}}, "overrides is not a list of overrides"),
+        ({"val_metrics": ["val/acc"]}, "val_metrics is not a mapping of metrics to numbers"),
+        ({"config": {"network": "small_cnn"}}, "config's network is not a mapping"),
+        ({"class_names": ["only", "three", "names"]}, "names 3 classes but its network gives 10 scores"),
+        ({"eval_batch_transform": [1]}, "data.eval_batch_transform builds a list, not a transform"),
+    ],
+)
+def test_damaged_checkpoint_metadata_is_one_line(trained, tmp_path, damage, message):
+    from image_classification import load_model
+
+    metadata = copy.deepcopy(read_checkpoint(trained)[METADATA_KEY])
+    if "eval_batch_transform" in damage:
+        metadata["config"]["data"]["eval_batch_transform"] = damage.pop("eval_batch_transform")
+    metadata.update(damage)
+    path = tampered(trained, tmp_path / "damaged.ckpt", **metadata)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_model(path).predict(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))

@@ -377,11 +377,15 @@ class DataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict):
+            raise DataError(f"the checkpoint's data state is a {type(state_dict).__name__}, not a mapping")
         for name, transform in self._stateful_transforms().items():
             if name not in state_dict:
                 continue
             current = transform.state_dict()
             saved = state_dict[name]
+            if not (isinstance(saved, dict) and all(isinstance(v, torch.Tensor) for v in saved.values())):
+                raise DataError(f"the checkpoint's state of data.{name} is not a mapping of tensors")
             if any(k not in saved or not torch.equal(v.cpu(), saved[k].cpu()) for k, v in current.items()):
                 log.warning(
                     f"data.{name}: the checkpoint's state differs from what the config builds; using the checkpoint's"
@@ -389,6 +393,8 @@ class DataModule(L.LightningDataModule):
             transform.load_state_dict(saved)
         fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and TRAIN_LOADER_KEY in state_dict:  # resuming: the training loader continues the epoch
+            if not isinstance(state_dict[TRAIN_LOADER_KEY], dict):
+                raise DataError("the checkpoint's training loader position is not a mapping: it is damaged")
             self._resume_position = state_dict[TRAIN_LOADER_KEY]
             if self._train_loader is not None:
                 self._train_loader.seek(self._resume_position)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from image_classification.data.images import BadImages
+from image_classification.errors import DataError
 
 
 def shuffle_seed(world_size: int) -> int:
@@ -111,6 +112,11 @@ class ResumableLoader(CheckedLoader):
         sampler = self.sampler
         if not isinstance(sampler, EpochSampler):  # overfit_batches: Lightning put a sequential sampler in
             return
+        if not all(type(state.get(key)) is int for key in ("seed", "images", "epoch")):
+            raise DataError(
+                "the checkpoint's training loader position is not one of an image loader (shards'?): resume it with "
+                "the data it used"
+            )
         sampler.seed = state["seed"]
         if state["images"] >= sampler.num_samples:  # saved after the epoch's last batch: the next epoch, whole
             sampler.set_epoch(state["epoch"] + 1)

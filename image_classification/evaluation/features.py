@@ -4,6 +4,7 @@ share them) and on disk, keyed by what determines them, for later runs."""
 import hashlib
 import json
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2.functional import to_pil_image
 
 from image_classification.data.datamodule import TransformedSubset
@@ -24,6 +25,8 @@ from image_classification.files import atomic_path
 log = logging.getLogger(__name__)
 # Features a process keeps in memory (a sweep's trials reuse them without reading the disk again).
 MEMORY_ENTRIES = 6
+# Features of a cache file computed again, for images drawn at random, before the file is used
+SPOT_CHECKS = 8
 _memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
 
@@ -121,7 +124,7 @@ class FeatureCache:
             log.info(f"{split} features: reused from memory ({key})")
             return _memory[key]
         path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
-        saved = self.read(path, split, dataset) if path is not None and path.is_file() else None
+        saved = self.read(path, split, dataset, batch_transform) if path is not None and path.is_file() else None
         if saved is not None:
             features, labels = saved
             log.info(f"{split} features: read from {path}")
@@ -136,9 +139,13 @@ class FeatureCache:
             _memory.popitem(last=False)
         return _memory[key]
 
-    def read(self, path: Path, split: str, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def read(
+        self, path: Path, split: str, dataset: Dataset, batch_transform: Callable | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The features saved in ``path`` if they are whole and are the split's (one row of this backbone's
-        features for each of its images, their labels), else None, saying why: they are then computed again."""
+        features for each of its images, their labels, and the features of :data:`SPOT_CHECKS` images drawn at
+        random computed again and found the same), else None, saying why: they are then computed again. A cache
+        folder can be shared, or written by someone else: its files are data to check, not results to trust."""
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             features, labels = saved["features"], saved["labels"]
@@ -155,10 +162,21 @@ class FeatureCache:
             why = "not a feature and a label per image"
         elif expected is not None and not torch.equal(labels.long(), expected):
             why = "labels that are not the split's"
+        elif not self.spot_check(features, dataset, batch_transform):
+            why = f"features that are not this backbone's of the {split} images (checked {SPOT_CHECKS} at random)"
         if why:
             log.warning(f"{split} features: {path} holds {why}, computing them again")
             return None
         return features.float(), labels.long()
+
+    def spot_check(self, features: torch.Tensor, dataset: Dataset, batch_transform: Callable | None) -> bool:
+        """Whether the features of :data:`SPOT_CHECKS` of the images, drawn at random (unpredictably: a planted
+        file cannot know which), computed now, are the saved ones, within what another device or batch size
+        changes (1% of the features' scale; 5% at half precision)."""
+        drawn = random.SystemRandom().sample(range(len(dataset)), min(SPOT_CHECKS, len(dataset)))
+        fresh = self.compute("", Subset(dataset, drawn), batch_transform, quiet=True)[0]
+        tolerance = 1e-2 if self.backbone.dtype == torch.float32 else 5e-2
+        return bool((features[drawn] - fresh).abs().max() <= tolerance * fresh.abs().max().clamp_min(1e-6))
 
     def _with_backbone_transform(self, dataset: Dataset) -> Dataset:
         transform = self.backbone.eval_transform()
@@ -172,7 +190,7 @@ class FeatureCache:
 
     @torch.no_grad()
     def compute(
-        self, split: str, dataset: Dataset, batch_transform: Callable | None
+        self, split: str, dataset: Dataset, batch_transform: Callable | None, quiet: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         start = time.perf_counter()
         self.backbone.to(self.device).eval()
@@ -202,10 +220,11 @@ class FeatureCache:
             labels.append(targets.cpu())
         features, labels = torch.cat(features), torch.cat(labels).long()
         seconds = time.perf_counter() - start
-        log.info(
-            f"{split} features: {tuple(features.shape)} from {len(dataset)} images in {seconds:.1f} s "
-            f"({len(dataset) / max(seconds, 1e-9):.0f} images/s)"
-        )
+        if not quiet:
+            log.info(
+                f"{split} features: {tuple(features.shape)} from {len(dataset)} images in {seconds:.1f} s "
+                f"({len(dataset) / max(seconds, 1e-9):.0f} images/s)"
+            )
         return features, labels
 
 
