@@ -66,11 +66,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     datamodule.prepare_data()  # one process at a time, however many there are
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes)
-    if cfg.fit is None:
-        module.check_optimization()
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # read once, memory-mapped
     runs.check_resumable(ckpt_path, checkpoint, cfg.trainer.max_epochs)
     runs.check_fits(ckpt_path, checkpoint, module)
+    if cfg.fit is None:
+        module.check_optimization(checkpoint.get("optimizer_states") or [] if checkpoint else [])
     runs.check_fresh_start(run_dir, ckpt_path)
     check_trainer(cfg.trainer)
     callbacks = instantiate_each(cfg.callbacks, "callback")

@@ -234,10 +234,24 @@ class ClassificationModule(L.LightningModule):
         except (TypeError, ValueError) as err:
             raise UserError(f"scheduler: {err}") from err
 
-    def check_optimization(self) -> None:
+    def check_optimization(self, saved_states: Sequence[Any] = ()) -> None:
         """Build the optimizer and scheduler once, so a bad value (``optimizer.lr=-1``) fails before the run
-        writes anything; the run builds its own in ``configure_optimizers``."""
+        writes anything, and load into it the optimizer states of the checkpoint the run resumes
+        (``saved_states``), which must be this optimizer's; the run builds its own in ``configure_optimizers``."""
         optimizer = self._optimizer(self.parameter_groups())
+        for state in saved_states:
+            try:
+                optimizer.load_state_dict(state)  # fills in the settings newer versions of the optimizer added
+                missing = sorted(
+                    {key for group in optimizer.param_groups for key in set(optimizer.defaults) - set(group)}
+                )
+                if missing:  # another optimizer's state loads, without this one's settings
+                    raise KeyError(f"it has no {', '.join(missing)}")
+            except (KeyError, ValueError, TypeError, RuntimeError) as err:
+                raise UserError(
+                    f"the checkpoint's optimizer state does not fit this run's {type(optimizer).__name__} "
+                    f"({err}): resume it with the optimizer and the parameters it was trained with"
+                ) from None
         if self.scheduler_config is not None:
             factory = self.scheduler_config["scheduler"]
             self._scheduler(

@@ -133,6 +133,14 @@ def test_a_checkpoint_saved_within_an_epoch_records_no_validation_metrics_of_ear
     assert evaluate(cfg, [], [])["checkpoint_val_metrics"] == {}
 
 
+def test_resuming_with_another_optimizer_is_one_line_before_anything_runs(make_config, tmp_path):
+    trainer.train(make_config("trainer.max_epochs=1", *QUICK))
+    before = records(tmp_path / "run")
+    with pytest.raises(UserError, match="optimizer state does not fit this run's SGD .*: resume it with the optimizer"):
+        trainer.train(make_config("trainer.max_epochs=2", "optimizer=sgd", "ckpt_path=last", *QUICK))
+    assert records(tmp_path / "run") == before
+
+
 def test_a_full_disk_fails_the_save_in_one_line_and_keeps_the_checkpoint_before(make_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", torch.save)  # put back, whatever the run leaves
     cfg = make_config("trainer.max_epochs=3", *QUICK, *BREAK, "+callbacks.break_saving.how=full")
