@@ -54,6 +54,8 @@ STARTING_WEIGHTS = frozenset({
 # What a checkpoint from outside the run's own directory may set among the overrides its run was composed with:
 # values of these sections' keys (the recipe); never callbacks, loggers, paths, Hydra's settings or a sweep's trial.
 RECIPE_SECTIONS = ("data", "network", "module", "loss", "optimizer", "scheduler", "trainer", "seed")
+# ...and the config groups it may choose from (your own files): those sections', a recipe, a probe's strategy
+RECIPE_GROUPS = ("experiment", "strategy", "data", "network", "loss", "optimizer", "scheduler", "trainer")
 CHOICE = re.compile(r"^[\w.-]+$")  # a config group's choice: a file name in configs/<group>/
 
 
@@ -259,8 +261,8 @@ def _plain(value: Any) -> bool:
 
 def _why_not_choice(override: Override) -> str | None:
     values = override.value() if isinstance(override.value(), list) else [override.value()]
-    if override.key_or_group.split("/")[0] == "hydra":
-        return "Hydra's settings"
+    if override.key_or_group.split("/")[0] not in RECIPE_GROUPS:
+        return "not part of the recipe"
     if override.package is not None:
         return "places a config elsewhere"
     if not override.is_delete() and not all(isinstance(v, str) and CHOICE.match(v) for v in values):
@@ -296,9 +298,9 @@ def checkpoint_overrides(
 ) -> tuple[list[str], list[str]]:
     """Of the overrides a checkpoint's run was composed with (``saved``), those a run that starts from the
     checkpoint outside that run's own directory takes, and the others, each with why it is left out (``"key=value
-    (why)"``). Taken: choices of the config groups (the user's own files), and plain values (:func:`_plain`) of keys
-    of the recipe's sections that the config composed here has. The overrides given now (``given``) replace saved
-    ones of the same key, so those are not examined.
+    (why)"``). Taken: choices of the recipe's config groups (:data:`RECIPE_GROUPS`: the user's own files), and
+    plain values (:func:`_plain`) of keys of the recipe's sections that the config composed here has. The overrides
+    given now (``given``) replace saved ones of the same key, so those are not examined.
 
     Args:
         compose: the config that ``python trainer.py <overrides>`` composes, to check that a key exists.

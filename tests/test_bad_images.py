@@ -159,3 +159,4 @@ def test_a_report_names_each_prediction_by_its_own_file_when_a_test_image_is_ski
     for example in report["examples"]:
         assert example["label"] == example["id"].split("/")[-2], example
     assert report["unreadable"] == [str(broken)]
+    assert report["backbone"]["name"] == "SmallCNN (trained)"  # what was evaluated: a network trained here

@@ -507,3 +507,27 @@ def test_checkpoints_keep_the_frozen_backbone_once_beside_them(make_config, tmp_
     alone.write_bytes((checkpoints / "last.ckpt").read_bytes())
     with pytest.raises(UserError, match="which is not beside it"):
         load_network(alone)
+
+
+def test_a_backbones_own_preprocessing_takes_grey_images_as_rgb_and_says_what_it_needs(make_config, tmp_path):
+    """data.features.transform=backbone on the grey digits: the backbone's preprocessing gets RGB images; a
+    backbone built for one channel, or one with no preprocessing of its own, is one line before anything runs."""
+    from image_classification.evaluation.features import OnPILImages
+
+    timm_transform = Backbone(networks_timm("test_resnet", in_chans=3)).eval_transform()
+    grey = Digits()[0][0]
+    assert OnPILImages(timm_transform)(grey).shape[0] == 3
+    base = ["experiment=linear-eval", "data.features.transform=backbone", "logger=none"]
+    for extra, message in [
+        ([], "JigsawCNN has no preprocessing of its own; use data.features.transform=data"),
+        (["network@network.backbone.network=timm", "network.backbone.network.model_name=test_resnet"],
+         "it takes 1 channels: build it for 3 (network.backbone.network.in_chans=3)"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError, match=re.escape(message)):
+            trainer.train(make_config(*base, *extra))
+
+
+def networks_timm(name, **kwargs):
+    from image_classification.networks import timm_network
+
+    return timm_network(name, num_classes=0, **kwargs)

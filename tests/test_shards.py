@@ -217,3 +217,14 @@ def test_shards_of_grey_images_train_and_check_with_one_channel_normalization(tm
     check = subprocess.run([sys.executable, "-m", "image_classification.check_data", "data=shards",
                             f"data.root={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert check.returncode == 0 and "nothing to fix" in check.stdout + check.stderr, check.stderr[-2000:]
+
+
+def test_a_linear_evaluation_reads_its_features_from_shards(make_config, tmp_path):
+    """Cached features read the training split in order (not streamed), by the held-out indices NumPy gives."""
+    import trainer
+
+    out = tmp_path / "shards"
+    make_shards([f"out={out}"])
+    cfg = make_config("experiment=linear-eval", "strategy=logistic", "data=shards", f"data.root={out}",
+                      "data.num_workers=0", "logger=none")  # fmt: skip
+    assert trainer.train(cfg)["metrics"]["test/acc"] > 0.9

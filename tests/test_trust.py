@@ -92,6 +92,8 @@ def test_only_choices_and_plain_recipe_values_come_from_a_checkpoints_overrides(
         "data.eval_batch_transform.transforms.1.dtype.path=os.system",
         "+network@callbacks.net=small_cnn",
         "hydra/launcher=joblib",
+        "logger=csv",
+        "callbacks=none",
         "~data.eval_batch_transform",
         "data.mix={_target_: os.system}",
         "seed=7",
@@ -100,7 +102,9 @@ def test_only_choices_and_plain_recipe_values_come_from_a_checkpoints_overrides(
     assert kept == ["experiment=digits", "optimizer=sgd", "optimizer.lr=0.05", "trainer.max_epochs=3"]
     assert left_out == [
         "+network@callbacks.net=small_cnn (places a config elsewhere)",
-        "hydra/launcher=joblib (Hydra's settings)",
+        "hydra/launcher=joblib (not part of the recipe)",
+        "logger=csv (not part of the recipe)",
+        "callbacks=none (not part of the recipe)",
         "data.root=/data/somewhere (a new key)",  # digits has no root
         "+callbacks.pwn._target_=os.system (not part of the recipe)",
         "callbacks.last_checkpoint.dirpath=/tmp/x (not part of the recipe)",

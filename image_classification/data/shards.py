@@ -11,6 +11,7 @@ folder per split (``train/``, ``val/``, ``test/``) of ``chunk-*.bin`` files and 
 """
 
 import json
+import numbers
 import re
 from collections.abc import Callable
 from typing import Any
@@ -200,7 +201,8 @@ class Shards(StreamingDataset):
         self.shuffler = None  # drawn again for the new share
 
     def __getitem__(self, index: Any) -> Any:
-        item = super().__getitem__(index)
+        # litdata takes a position as a Python int only (a held-out split's indices are NumPy's)
+        item = super().__getitem__(int(index) if isinstance(index, numbers.Integral) else index)
         file = bytes(item["file"]).decode(errors="replace")
         label = item["label"]
         if not (isinstance(label, int) and 0 <= label < len(self.classes)):

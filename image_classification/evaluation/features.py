@@ -181,9 +181,15 @@ class FeatureCache:
     def _with_backbone_transform(self, dataset: Dataset) -> Dataset:
         transform = self.backbone.eval_transform()
         if transform is None:
-            raise ValueError(
+            raise DataError(
                 f"data.features.transform=backbone: {type(self.backbone.network).__name__} has no preprocessing "
                 "of its own; use data.features.transform=data"
+            )
+        first = next((m for m in self.backbone.network.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first.in_channels != 3:  # its own preprocessing makes RGB images
+            raise DataError(
+                f"data.features.transform=backbone feeds the backbone RGB images, as its preprocessing makes them, "
+                f"but it takes {first.in_channels} channels: build it for 3 (network.backbone.network.in_chans=3)"
             )
         images = getattr(dataset, "dataset", dataset)
         return TransformedSubset(images, getattr(dataset, "indices", None), OnPILImages(transform))
@@ -240,14 +246,15 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor | None:
 
 
 class OnPILImages:
-    """``transform`` on images as PIL images: a backbone's own preprocessing (timm's, open_clip's) expects them,
-    and the datasets read files as uint8 tensors."""
+    """``transform`` on images as RGB PIL images: a backbone's own preprocessing (timm's, open_clip's) expects
+    them, and the datasets read files as uint8 tensors (grey ones with one channel)."""
 
     def __init__(self, transform: Callable):
         self.transform = transform
 
     def __call__(self, image: Any) -> Any:
-        return self.transform(to_pil_image(image) if isinstance(image, torch.Tensor) else image)
+        image = to_pil_image(image) if isinstance(image, torch.Tensor) else image
+        return self.transform(image.convert("RGB") if image.mode != "RGB" else image)
 
     def __repr__(self) -> str:  # what the cache key records: the preprocessing itself
         return repr(self.transform)

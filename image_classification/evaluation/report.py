@@ -64,8 +64,12 @@ def backbone_description(config: dict[str, Any], network: torch.nn.Module) -> di
     inner = described.get("network", described)
     architecture = inner.get("model_name") or inner.get("_target_", "?").rsplit(".", 1)[-1]
     weights = described.get("checkpoint") or inner.get("checkpoint")
+    # a frozen backbone is what its file holds, or its initial weights; a network trained here, what it learnt
+    started = Path(str(weights)).name if weights else "as initialized"
+    if backbone is None:
+        started = f"trained from {started}" if weights else "trained"
     return {
-        "name": f"{architecture} ({Path(str(weights)).name if weights else 'as initialized'})",
+        "name": f"{architecture} ({started})",
         "config": described,
         "weights_sha256": backbone.weights_digest() if backbone is not None else weights_digest(network),
     }
