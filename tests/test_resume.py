@@ -92,6 +92,7 @@ def test_killed_while_saving_the_checkpoint_before_stays_and_the_rerun_continues
     assert all(read_checkpoint(p)["epoch"] >= 0 for p in checkpoints.glob("*.ckpt"))  # every file whole
 
 
+@pytest.mark.slow
 def test_a_save_killed_during_the_first_checkpoint_does_not_block_the_run(tmp_path):
     """The temporary file of a save that was killed (``.last.<pid>.tmp.ckpt``) is never a checkpoint: resume=auto
     then starts fresh, and so does a run without it, instead of failing on every retry."""
