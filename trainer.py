@@ -90,6 +90,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         with warnings.catch_warnings():
             if ckpt_path:  # continuing a run in its own directory: of course its checkpoints are there
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+                # a checkpoint of another directory: its best-so-far is not this run's, as the run says once
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         best, last = runs.checkpoint_paths(callbacks)  # before test restores the callbacks' state from `best`
     tested = best or last

@@ -173,6 +173,8 @@ def resume_overrides(
     path = resolve_ckpt_path(ckpt_path, run_dir)
     if path is None:
         return None
+    if not own_checkpoint(path, run_dir):
+        log.info(f"Continuing {path} in {run_dir}: its weights and training state, not its best checkpoint so far")
     saved = saved_overrides(read_checkpoint(path), path)
     if saved is None:
         return None
