@@ -69,7 +69,7 @@ def read_frozen_backbone(checkpoint: dict[str, Any], path: str | Path) -> dict[s
     if not file.is_file():
         raise UserError(f"{path} keeps its frozen backbone in {info['file']}, which is not beside it: copy both")
     state = torch.load(file, map_location="cpu", weights_only=True)
-    if state_digest(state) != info["sha256"]:
+    if not tensors(state) or state_digest(state) != info["sha256"]:
         raise UserError(f"{file} is not the backbone {path} was written with (its weights changed)")
     return {FROZEN_PREFIX + k: v for k, v in state.items()}
 
@@ -158,14 +158,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.swept: set[Path] = set()  # directories already cleared of dead writers' temporary files
 
-    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> Any:
-        """Lightning's loading (every checkpoint a run resumes or tests), with the files that the callbacks' state
-        names confined to the checkpoint's own folder (:func:`confine_callback_paths`)."""
-        checkpoint = super().load_checkpoint(path, *args, **kwargs)
-        if "://" not in str(path) and isinstance(checkpoint, dict):
-            confine_callback_paths(checkpoint, Path(path).parent)
-        return checkpoint
-
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # a remote file system: Lightning's own (fsspec) writing
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -200,6 +192,33 @@ METADATA_TYPES: dict[str, tuple[str, Any]] = {
     "epoch": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "val_step": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "git_commit": ("text", lambda v: isinstance(v, str)),
+}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _mappings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+
+
+# What the training state Lightning restores from a checkpoint may be, key by key, checked before it is restored
+TRAINING_STATE_TYPES: dict[str, tuple[str, Any]] = {
+    "epoch": ("a whole number", _count),
+    "global_step": ("a whole number", _count),
+    "loops": ("a mapping", lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())),
+    "callbacks": (
+        "a mapping of states",
+        lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+    ),
+    "optimizer_states": (
+        "a list of optimizer states",
+        lambda v: (
+            _mappings(v) and all(isinstance(x.get("state"), dict) and _mappings(x.get("param_groups")) for x in v)
+        ),
+    ),
+    "lr_schedulers": ("a list of scheduler states", _mappings),
 }
 # What a ModelCheckpoint's state names: files it wrote, and may remove when it writes better ones
 CHECKPOINT_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
@@ -262,9 +281,17 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for section in ("network", "data", "module", "loss"):
         if not isinstance(metadata["config"].get(section) or {}, dict):
             raise UserError(f"{path}: its config's {section} is not a mapping: it is damaged or not ours")
-    if not isinstance(checkpoint.get("state_dict", {}), dict):
+    if not tensors(checkpoint.get("state_dict", {})):
         raise UserError(f"the state_dict of {path} is not a mapping of weights: it is damaged or not ours")
+    for key, (kind, admits) in TRAINING_STATE_TYPES.items():
+        if key in checkpoint and not admits(checkpoint[key]):
+            raise UserError(f"{path}: its {key} is not {kind}: it is damaged or not ours")
     return checkpoint
+
+
+def tensors(state: Any) -> bool:
+    """Whether ``state`` is a state dict: names to tensors."""
+    return isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
 def load_network(

@@ -3,6 +3,7 @@
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -12,7 +13,12 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from image_classification.checkpoint import FROZEN_KEY, move_frozen_backbone, restore_frozen_backbone
+from image_classification.checkpoint import (
+    FROZEN_KEY,
+    confine_callback_paths,
+    move_frozen_backbone,
+    restore_frozen_backbone,
+)
 from image_classification.errors import UserError
 from image_classification.networks.linear_probe import Backbone
 from image_classification.randomness import RANDOM_STATE_KEY, random_state, set_random_state
@@ -207,6 +213,11 @@ class ClassificationModule(L.LightningModule):
         move_frozen_backbone(checkpoint, backbone.weights_digest(), directory)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it restores the callbacks' state: the files it names are confined to the
+        # checkpoint's folder here, where no setting can leave it out
+        path = self.trainer.ckpt_path if self._trainer is not None else None
+        if path and "://" not in str(path):
+            confine_callback_paths(checkpoint, Path(path).parent)
         self._random_state = checkpoint.get(RANDOM_STATE_KEY)  # put back when training starts
         if FROZEN_KEY in checkpoint:
             restore_frozen_backbone(checkpoint, self._frozen_backbone())
@@ -247,7 +258,7 @@ class ClassificationModule(L.LightningModule):
                 )
                 if missing:  # another optimizer's state loads, without this one's settings
                     raise KeyError(f"it has no {', '.join(missing)}")
-            except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as err:
                 raise UserError(
                     f"the checkpoint's optimizer state does not fit this run's {type(optimizer).__name__} "
                     f"({err}): resume it with the optimizer and the parameters it was trained with"

@@ -96,10 +96,16 @@ def devkit_labels(devkit: Path) -> dict[int, str]:
     test's fake devkit cannot match, and keeps the parsers private)."""
     import scipy.io
 
-    synsets = scipy.io.loadmat(str(devkit / "data" / "meta.mat"), squeeze_me=True)["synsets"]
-    idx_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # the 1,000 leaf classes
-    truth = (devkit / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()
-    return {number: idx_to_wnid[int(idx)] for number, idx in enumerate(truth, start=1)}
+    try:  # the devkit's files are data: anything but ILSVRC-2012's layout is one line
+        synsets = scipy.io.loadmat(str(devkit / "data" / "meta.mat"), squeeze_me=True)["synsets"]
+        idx_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # the 1,000 leaf classes
+        truth = (devkit / "data" / "ILSVRC2012_validation_ground_truth.txt").read_text().split()
+        return {number: idx_to_wnid[int(idx)] for number, idx in enumerate(truth, start=1)}
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise SystemExit(
+            f"{devkit} is not ILSVRC-2012's devkit ({type(err).__name__}: {err}): its data/meta.mat and "
+            "ILSVRC2012_validation_ground_truth.txt must be the released ones"
+        ) from None
 
 
 def kaggle_labels(path: Path) -> dict[int, str]:

@@ -91,15 +91,18 @@ def resumed_step(checkpoint: dict[str, Any] | None) -> int:
     """The step a run resumed from ``checkpoint`` logs from (0 for a fresh run): what the loggers keep before."""
     if checkpoint is None:
         return 0
-    loops = checkpoint.get("loops", {})
-    return int(loops.get("fit_loop", {}).get("epoch_loop.state_dict", {}).get("_batches_that_stepped", 0))
+    state = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    steps = state.get("_batches_that_stepped", 0) if isinstance(state, dict) else None
+    if type(steps) is not int or steps < 0:
+        raise UserError("the checkpoint's training loop state does not count its steps: it is damaged or not ours")
+    return steps
 
 
 def check_resumable(ckpt_path: str | None, checkpoint: dict[str, Any] | None, max_epochs: int | None) -> None:
     """A resumed run must have epochs left to train, or at least no fewer than the checkpoint has done."""
     if checkpoint is None or max_epochs is None or max_epochs < 0:
         return
-    done = checkpoint["epoch"] + 1
+    done = checkpoint.get("epoch", 0) + 1
     if max_epochs < done:
         raise UserError(
             f"{ckpt_path} has trained {done} epochs but trainer.max_epochs={max_epochs}: "

@@ -39,6 +39,15 @@ TRUSTED_PREFIXES = (*TRUSTED_MODULE_PACKAGES, "image_classification.")
 TRANSFORM_PREFIXES = ("torchvision.transforms.v2.", "image_classification.transforms.")
 # Data: the DataModule, this package's datasets and dataset factories, torchvision's datasets, and transforms.
 DATA_PREFIXES = (*TRANSFORM_PREFIXES, "torchvision.datasets.", "image_classification.")
+# torchvision's image-classification datasets a checkpoint's data config may build: those that read their files as
+# data (images, arrays, text, MATLAB files, tensors with weights_only, CIFAR's pickles only once their published
+# MD5s match). Not LSUN, which unpickles a cache file it finds beside its data, nor the video and other datasets.
+TORCHVISION_DATASETS = frozenset({
+    "MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "USPS", "CIFAR10", "CIFAR100", "SVHN", "STL10",
+    "Flowers102", "Food101", "OxfordIIITPet", "DTD", "GTSRB", "ImageFolder", "DatasetFolder", "Places365",
+    "StanfordCars", "FGVCAircraft", "Caltech101", "Caltech256", "EuroSAT", "Country211", "PCAM", "SUN397",
+    "ImageNet", "Imagenette", "FER2013", "RenderedSST2", "INaturalist", "CelebA",
+})  # fmt: skip
 # The one located object a data config may hold: a dtype (`ToDtype(dtype=torch.float32)`).
 GET_OBJECT = "hydra.utils.get_object"
 # Hydra's targets that look an object up by a name their argument gives.
@@ -57,6 +66,18 @@ RECIPE_SECTIONS = ("data", "network", "module", "loss", "optimizer", "scheduler"
 # ...and the config groups it may choose from (your own files): those sections', a recipe, a probe's strategy
 RECIPE_GROUPS = ("experiment", "strategy", "data", "network", "loss", "optimizer", "scheduler", "trainer")
 CHOICE = re.compile(r"^[\w.-]+$")  # a config group's choice: a file name in configs/<group>/
+# ...of the trainer's, those of the training itself; the machine's (accelerator, devices, strategy, plugins, where
+# it writes) are the user's to say
+RECIPE_TRAINER_KEYS = frozenset({
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "precision", "gradient_clip_val", "gradient_clip_algorithm",
+    "accumulate_grad_batches", "val_check_interval", "check_val_every_n_epoch", "limit_train_batches",
+    "limit_val_batches", "limit_test_batches", "log_every_n_steps", "num_sanity_val_steps", "deterministic",
+    "benchmark", "sync_batchnorm", "overfit_batches", "reload_dataloaders_every_n_epochs",
+})  # fmt: skip
+# ...and never a place: a key that names a file, folder or URL to read or write (data.root, data.cache_dir,
+# data.permutation_cache, ...), or a value written as one
+PLACE_KEY = re.compile(r"(^|_)(root|dir|dirpath|path|file|filename|cache|out)$")
+PLACE_VALUE = re.compile(r"[/\\]|^~")
 
 
 def target_nodes(node: Any, key: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -109,7 +130,9 @@ def is_trusted_data(target: Any) -> bool:
     if is_trusted_transform(target) or target is data.DataModule:
         return True
     if inspect.isclass(target) and issubclass(target, Dataset):
-        return target.__module__.startswith(("image_classification.data.", "torchvision.datasets."))
+        if target.__module__.startswith("torchvision.datasets."):
+            return target.__name__ in TORCHVISION_DATASETS
+        return target.__module__.startswith("image_classification.data.")
     return target is data.image_folder or target is data.imagenet
 
 
@@ -273,7 +296,7 @@ def _why_not_choice(override: Override) -> str | None:
 def _why_not_value(override: Override, composed: DictConfig) -> str | None:
     key = override.key_or_group
     parts = key.split(".")
-    if parts[0] not in RECIPE_SECTIONS:
+    if parts[0] not in RECIPE_SECTIONS or (parts[0] == "trainer" and parts[-1] not in RECIPE_TRAINER_KEYS):
         return "not part of the recipe"
     if any(part.startswith("_") for part in parts):
         return "a Hydra key"
@@ -286,10 +309,13 @@ def _why_not_value(override: Override, composed: DictConfig) -> str | None:
     if not _plain(override.value()):
         return "not a plain value"
     parent = OmegaConf.select(composed, ".".join(parts[:-1]), default=None) if len(parts) > 1 else composed
+    if isinstance(parent, DictConfig) and parent.get("_target_") in LOCATORS:
+        return "names an object to look up"
+    values = override.value() if isinstance(override.value(), list) else [override.value()]
+    if PLACE_KEY.search(parts[-1]) or any(isinstance(v, str) and PLACE_VALUE.search(v) for v in values):
+        return "a place on the machine it was written on"
     if not isinstance(parent, DictConfig) or parts[-1] not in parent:
         return "a new key"
-    if parent.get("_target_") in LOCATORS:
-        return "names an object to look up"
     return None
 
 

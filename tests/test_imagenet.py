@@ -173,3 +173,13 @@ def test_prepare_imagenet_places_nothing_outside_its_destination(tmp_path):
     report = prepare(tmp_path / "source", tmp_path / "imagenet", expect_classes=3, expect_val=7)
     assert any("not a WordNet id" in problem for problem in report.problems)
     assert not list(tmp_path.glob("**/outside*")) and report.written["val"] == 6
+
+
+def test_a_devkit_that_is_not_ilsvrcs_is_one_line(tmp_path):
+    write_official(tmp_path / "source")
+    with tarfile.open(tmp_path / "source" / "ILSVRC2012_devkit_t12.tar.gz") as tar:
+        tar.extractall(tmp_path / "source", filter="data")
+    truth = tmp_path / "source" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text("7\n" * 7)  # a class the devkit's meta.mat does not have
+    with pytest.raises(SystemExit, match="is not ILSVRC-2012's devkit \\(KeyError: 7\\)"):
+        prepare(tmp_path / "source", tmp_path / "imagenet", expect_classes=3, expect_val=7)

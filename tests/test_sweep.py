@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import ROOT
+from optuna.trial import TrialState
 
 QUICK = [
     "trainer.max_epochs=1",
@@ -246,9 +247,13 @@ def readme_env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_a_study_storage_cannot_run_code_through_the_cma_es_samplers_pickles(tmp_path):
-    """A sweep's storage comes from outside: Optuna's CMA-ES sampler unpickles the state it finds in the study's
-    trials, so it is refused on a stored study, in one line, before the study is read."""
+def test_a_study_storage_cannot_run_code_through_its_trials(tmp_path):
+    """A sweep's storage comes from outside. Optuna's CMA-ES sampler unpickles the state it finds in the study's
+    trials, so it is refused on a stored study, in one line, before the study is read; and a trial planted with
+    parameters of its own (each would become an override of its run) is marked FAIL, not run."""
+    import pickle
+
+    from optuna.distributions import CategoricalDistribution
     from test_errors import RunsAShellCommand
 
     marker = tmp_path / "pwned"
@@ -256,16 +261,21 @@ def test_a_study_storage_cannot_run_code_through_the_cma_es_samplers_pickles(tmp
     (tmp_path / "logs").mkdir()
     planted = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path}/logs/optuna-{name}.db")
     trial = planted.ask()
-    import pickle
-
     payload = pickle.dumps(RunsAShellCommand(marker)).hex()
     planted._storage.set_trial_system_attr(trial._trial_id, "cma:optimizer:0", payload)  # what CMA-ES reads back
     planted.tell(trial, 1.0)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "trainer.py"), "--multirun", "hp_search=digits_optuna",
-         f"hydra.sweeper.study_name={name}", "hydra/sweeper/sampler=cmaes", "hydra.sweeper.n_trials=1", *QUICK],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    params = {"+callbacks.evil._target_": "subprocess.call", "+callbacks.evil.args": f"[touch,{marker}]"}
+    planted.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=params,
+        distributions={k: CategoricalDistribution([v]) for k, v in params.items()},
+    ))  # fmt: skip
+    command = [sys.executable, str(ROOT / "trainer.py"), "--multirun", "hp_search=digits_optuna",
+               f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_trials=1", *QUICK]  # fmt: skip
+    result = subprocess.run([*command, "hydra/sweeper/sampler=cmaes"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("Error: hydra/sweeper/sampler=cmaes keeps its state")
+    result = sweep(tmp_path, *command[3:])
+    assert "came with parameters this sweep did not choose (+callbacks.evil._target_" in result.stdout + result.stderr
+    assert states(tmp_path, name) == ["COMPLETE", "COMPLETE", "FAIL"]  # the planted one failed, one trial ran
     assert not marker.exists()

@@ -82,10 +82,14 @@ def test_only_choices_and_plain_recipe_values_come_from_a_checkpoints_overrides(
         "optimizer=sgd",
         "optimizer.lr=0.05",
         "trainer.max_epochs=3",
-        "data.root=/data/somewhere",  # a path: read as data
+        "data.root=/data/somewhere",  # a place on their machine, as each of the next two
+        "data.permutation_cache=cache",
+        "network.model_name=../x",
+        "trainer.plugins=[]",  # the machine's, not the recipe's
+        "trainer.default_root_dir=x",
         "+callbacks.pwn._target_=os.system",
         "callbacks.last_checkpoint.dirpath=/tmp/x",  # not the recipe
-        "+trainer.new_key=1",
+        "+optimizer.new_key=1",
         "network.in_channels=${oc.env:HOME}",
         "network.checkpoint=/x.pt",
         "data.download=true",
@@ -105,10 +109,14 @@ def test_only_choices_and_plain_recipe_values_come_from_a_checkpoints_overrides(
         "hydra/launcher=joblib (not part of the recipe)",
         "logger=csv (not part of the recipe)",
         "callbacks=none (not part of the recipe)",
-        "data.root=/data/somewhere (a new key)",  # digits has no root
+        "data.root=/data/somewhere (a place on the machine it was written on)",
+        "data.permutation_cache=cache (a place on the machine it was written on)",
+        "network.model_name=../x (a place on the machine it was written on)",
+        "trainer.plugins=[] (not part of the recipe)",
+        "trainer.default_root_dir=x (not part of the recipe)",
         "+callbacks.pwn._target_=os.system (not part of the recipe)",
         "callbacks.last_checkpoint.dirpath=/tmp/x (not part of the recipe)",
-        "+trainer.new_key=1 (a new key)",
+        "+optimizer.new_key=1 (a new key)",
         "network.in_channels=${oc.env:HOME} (not a plain value)",
         "network.checkpoint=/x.pt (starting weights (the checkpoint's own replace them))",
         "data.download=true (fetches data)",
@@ -204,7 +212,7 @@ def test_shards_with_pickled_fields_are_refused_before_any_item_is_read(tmp_path
     )  # fmt: skip
     assert check.returncode == 1 and "Traceback" not in check.stderr and "reads only what make_shards" in check.stderr
     # and were the index checked no more, litdata could still decode nothing but bytes and integers
-    monkeypatch.setattr("image_classification.data.shards.check_index", lambda root, split: None)
+    monkeypatch.setattr("image_classification.data.shards.check_index", lambda root, split, images: None)
     with pytest.raises(DataError, match="'pickle' fields are not read"):
         Shards(str(shards), "test")[0]
     assert not marker.exists()
@@ -227,16 +235,40 @@ def test_evaluate_of_a_checkpoint_whose_data_names_such_shards_runs_nothing(trai
     assert not marker.exists()
 
 
-def test_a_shards_chunk_cannot_name_a_file_outside_its_folder(tmp_path):
+def test_shards_whose_index_or_manifest_lie_are_refused_in_one_line(tmp_path):
+    """A chunk named outside its folder, a chunk that is a link, an index whose counts are not the manifest's or
+    the chunk's, a data_spec that is not make_shards' mapping: one line, before any item is read."""
     from image_classification.make_shards import main as make_shards
 
     out = tmp_path / "shards"
     make_shards([f"out={out}"])
-    index = json.loads((out / "test" / "index.json").read_text())
-    index["chunks"][0]["filename"] = "../../outside.bin"
-    (out / "test" / "index.json").write_text(json.dumps(index))
-    with pytest.raises(DataError, match="names a chunk '../../outside.bin'"):
-        Shards(str(out), "test")
+    index_path, chunk = out / "test" / "index.json", out / "test" / "chunk-0-0.bin"
+    original, data = index_path.read_text(), chunk.read_bytes()
+
+    def with_index(change):
+        index = json.loads(original)
+        change(index)
+        index_path.write_text(json.dumps(index))
+
+    def linked():
+        (tmp_path / "elsewhere.bin").write_bytes(data)
+        chunk.unlink()
+        chunk.symlink_to(tmp_path / "elsewhere.bin")
+
+    for damage, message in [
+        (lambda: with_index(lambda i: i["chunks"][0].update(filename="../../outside.bin")), "names a chunk '../../"),
+        (lambda: with_index(lambda i: i["chunks"][0].update(chunk_size=10)), "lists [10] images in its chunks, but"),
+        (lambda: with_index(lambda i: i["config"].update(data_spec="[1, []]")), "reads only what make_shards writes"),
+        (lambda: chunk.write_bytes((10).to_bytes(4, "little") + data[4:]), "does not hold the 359 images its index"),
+        (linked, "chunk-0-0.bin is a link: a chunk is a file of the shards"),
+    ]:
+        damage()
+        with pytest.raises(DataError, match=re.escape(message)):
+            Shards(str(out), "test")
+        index_path.write_text(original)
+        chunk.unlink()
+        chunk.write_bytes(data)
+    assert len(Shards(str(out), "test")) == 359
 
 
 # 3. CIFAR-10 batches
@@ -256,6 +288,18 @@ def test_cifar10_batches_that_are_not_data_are_refused(tmp_path):
             trainer.train(compose_config(tmp_path, "data=cifar10", *QUICK))
         (folder / name).write_bytes(good)
     assert not marker.exists()
+    # a few bytes that ask numpy for a 30 GB array: refused before anything is allocated
+    (folder / "data_batch_1").write_bytes(pickle.dumps({"data": HugeArray(), "labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match="builds an array of shape \\(10000000, 3072\\) the way numpy never"):
+        CIFAR10(str(tmp_path / "data"), train=True)
+
+
+class HugeArray:
+    def __reduce__(self):
+        import numpy as np
+        from numpy.core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (10**7, 3072), b"B")
 
 
 def test_cifar10_batches_written_by_python_2_or_3_still_load(tmp_path):
@@ -387,7 +431,8 @@ def test_evaluate_takes_no_compile_options_from_a_checkpoint(trained, tmp_path):
 
 def test_a_checkpoints_callback_state_cannot_make_a_run_remove_files_elsewhere(trained, tmp_path):
     """Lightning removes the checkpoints a ModelCheckpoint's state names when it writes better ones, folders
-    included: the paths a checkpoint's callback state names are confined to the checkpoint's own folder."""
+    included: the paths a checkpoint's callback state names are confined to the checkpoint's own folder, by the
+    module (a run without this package's checkpoint plugin too)."""
     victim = tmp_path / "victim"
     (victim / "sub").mkdir(parents=True)
     (victim / "sub" / "data.txt").write_text("keep me")
@@ -400,7 +445,14 @@ def test_a_checkpoints_callback_state_cannot_make_a_run_remove_files_elsewhere(t
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     with run_config_policy():
         trainer.train(
-            compose_config(tmp_path, *QUICK, *RECIPE, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'evil.ckpt'}")
+            compose_config(
+                tmp_path,
+                *QUICK,
+                *RECIPE,
+                "trainer.max_epochs=3",
+                "trainer.plugins=[]",
+                f"ckpt_path={tmp_path / 'evil.ckpt'}",
+            )
         )
     assert (victim / "sub" / "data.txt").read_text() == "keep me"
 
@@ -427,3 +479,37 @@ def test_damaged_checkpoint_metadata_is_one_line(trained, tmp_path, damage, mess
     path = tampered(trained, tmp_path / "damaged.ckpt", **metadata)
     with pytest.raises(UserError, match=re.escape(message)):
         load_model(path).predict(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_a_checkpoints_data_builds_only_torchvision_datasets_that_read_their_files_as_data(trained, tmp_path):
+    """torchvision's LSUN unpickles a cache file it finds beside its data: not a dataset a checkpoint may name."""
+    config = copy.deepcopy(read_checkpoint(trained)[METADATA_KEY]["config"])
+    config["data"]["test_set"] = {"_target_": "torchvision.datasets.LSUN", "_partial_": True, "root": str(tmp_path)}
+    evil = tampered(trained, tmp_path / "evil.ckpt", config=config)
+    cfg = compose([f"ckpt_path={evil}", f"paths.output_dir={tmp_path / 'eval'}", "logger=none"], "evaluate")
+    with pytest.raises(UserError, match="'torchvision.datasets.LSUN', which is not data this package trusts"):
+        evaluate(cfg, [], [])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"epoch": "x"}, "its epoch is not a whole number"),
+        (
+            {"loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": "x"}}}},
+            "does not count its steps",
+        ),
+        ({"optimizer_states": ["x"]}, "its optimizer_states is not a list of optimizer states"),
+        ({"state_dict": {"network.w": "x"}}, "state_dict of .* is not a mapping of weights"),
+        ({"state_dict": {3: torch.zeros(1)}}, "state_dict of .* is not a mapping of weights"),
+        ({"callbacks": {"ModelCheckpoint": "x"}}, "its callbacks is not a mapping of states"),
+    ],
+)
+def test_a_damaged_training_state_is_one_line_before_anything_runs(trained, tmp_path, damage, message):
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint.update(damage)
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    cfg = compose_config(tmp_path, *QUICK, *RECIPE, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'damaged.ckpt'}")
+    with run_config_policy(), pytest.raises(UserError, match=message):
+        trainer.train(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -94,7 +94,16 @@ class BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a data file has no use for")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _empty_array if name == "_reconstruct" else found
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` as numpy pickles an array: empty, then filled from the bytes the file holds (so an
+    array is never larger than its file); any other shape a pickle asks for is refused before it is allocated."""
+    if subtype is not np.ndarray or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"it builds an array of shape {shape!r} the way numpy never pickles one")
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
 
 
 def unpickle(path: Path) -> dict[str, Any]:
@@ -103,7 +112,7 @@ def unpickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             loaded = BatchUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as err:
         raise DataError(f"{path} is refused: it is not a CIFAR-10 batch file ({err})") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path} is not a CIFAR-10 batch file: it holds a {type(loaded).__name__}, not a dict")

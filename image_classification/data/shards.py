@@ -14,6 +14,7 @@ import json
 import numbers
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -36,6 +37,7 @@ INDEX = "index.json"
 FORMATS = ("bytes", "int")
 FIELDS = {"image": "bytes", "label": "int", "file": "bytes"}
 CHUNK = re.compile(r"chunk-\d+-\d+\.bin")
+LEAF = {"type": None, "context": None, "children_spec": []}
 
 
 class Refused(Serializer):
@@ -60,9 +62,10 @@ def data_only() -> dict[str, Serializer]:
     return {name: Refused(name) for name in _SERIALIZERS if name not in FORMATS}
 
 
-def check_index(root: str, split: str) -> None:
-    """The index of a split's chunks describes what make_shards writes (:data:`FIELDS`, chunk files by their names,
-    no compression or encryption), or one line says what it holds instead."""
+def check_index(root: str, split: str, images: int) -> None:
+    """The index of a split's chunks describes what make_shards writes (:data:`FIELDS` as one mapping, chunk files
+    by their names, no compression or encryption) and the split's ``images`` (the manifest's count), and local
+    chunks are files beside it (not links) that hold what the index says; or one line says what differs."""
     path = f"{str(root).rstrip('/')}/{split}/{INDEX}"
     try:
         with fsspec.open(path, "r") as f:
@@ -76,7 +79,7 @@ def check_index(root: str, split: str) -> None:
     if not isinstance(config, dict) or not isinstance(chunks, list):
         raise DataError(f"{path} is not a litdata index (no config and chunks)")
     types = config.get("types")
-    if types != FIELDS or sorted(config.get("data_format") or []) != sorted(FIELDS.values()):
+    if types != FIELDS or config.get("data_format") != list(FIELDS.values()) or _spec(config) != list(FIELDS):
         raise DataError(
             f"{path} stores {types or config.get('data_format')!r}; data=shards reads only what make_shards writes "
             f"({FIELDS}): a field in another format (pickle, say) is not read, as it could run code"
@@ -88,6 +91,33 @@ def check_index(root: str, split: str) -> None:
     odd = next((name for name in names if not (isinstance(name, str) and CHUNK.fullmatch(name))), False)
     if odd is not False:
         raise DataError(f"{path} names a chunk {odd!r}: a chunk is a chunk-<n>-<n>.bin file beside its index")
+    sizes = [chunk.get("chunk_size") for chunk in chunks]
+    if not all(type(size) is int and size >= 0 for size in sizes) or sum(sizes) != images:
+        raise DataError(f"{path} lists {sizes} images in its chunks, but its manifest says the split has {images}")
+    if "://" in str(root):
+        return
+    for name, size in zip(names, sizes, strict=True):  # local chunks: a file's first 4 bytes count its items
+        chunk = Path(path).parent / name
+        if chunk.is_symlink() or not chunk.is_file():
+            raise DataError(
+                f"{chunk} is {'a link' if chunk.is_symlink() else 'missing'}: a chunk is a file of the shards"
+            )
+        with chunk.open("rb") as f:
+            if int.from_bytes(f.read(4), "little") != size:
+                raise DataError(f"{chunk} does not hold the {size} images its index says: it is damaged")
+
+
+def _spec(config: dict[str, Any]) -> list[str] | None:
+    """The fields of a litdata index's ``data_spec`` when it is one mapping of single values, as make_shards writes."""
+    try:
+        version, spec = json.loads(config.get("data_spec"))
+        leaves = spec["children_spec"]
+        if version != 1 or spec["type"] != "builtins.dict" or any(leaf != LEAF for leaf in leaves):
+            return None
+        fields = json.loads(spec["context"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    return fields if isinstance(fields, list) and len(fields) == len(leaves) else None
 
 
 def read_manifest(root: str) -> dict[str, Any]:
@@ -159,7 +189,7 @@ class Shards(StreamingDataset):
         manifest = read_manifest(root)
         if split not in manifest["splits"]:
             raise DataError(f"the shards under {root} have no {split} split ({', '.join(manifest['splits'])})")
-        check_index(root, split)
+        check_index(root, split, manifest["splits"][split]["images"])
         super().__init__(
             f"{str(root).rstrip('/')}/{split}",
             cache_dir=cache_dir,

@@ -72,6 +72,21 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def ask(study: optuna.Study) -> optuna.Trial:
+    """The study's next trial, one whose parameters this sweep chooses: a trial put in the storage with parameters
+    already set (a study's storage comes from outside; each parameter would become an override of the run) is
+    marked FAIL, not run."""
+    while True:
+        trial = study.ask()
+        if not trial.params:
+            return trial
+        study.tell(trial, state=TrialState.FAIL)
+        log.warning(
+            f"Trial {trial.number} of the study came with parameters this sweep did not choose "
+            f"({', '.join(map(str, trial.params))}): marked FAIL, not run"
+        )
+
+
 def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -129,7 +144,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
         try:
             with sigterm_interrupts():
                 while to_go > 0:
-                    trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
+                    trials = [ask(study) for _ in range(min(to_go, self.n_jobs))]
                     for trial in trials:
                         trial.set_user_attr("sweeper", owner)
                     overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
