@@ -5,6 +5,7 @@ import functools
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
@@ -65,7 +67,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     datamodule = instantiate(cfg.data, "data")
     datamodule.prepare_data()  # one process at a time, however many there are
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule.classes)
+    module = build_module(cfg, datamodule.classes, datamodule)
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # read once, memory-mapped
     runs.check_resumable(ckpt_path, checkpoint, cfg.trainer.max_epochs)
     runs.check_fits(ckpt_path, checkpoint, module)
@@ -79,6 +81,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     metadata = run_metadata(resolved, datamodule.classes, overrides)
     callback_list = [*callbacks.values(), RunMetadata(metadata)]
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
+    if cfg.fit is None:
+        datamodule.check_training_batches(trainer.world_size, trainer.limit_train_batches)
 
     if rank_zero_only.rank == 0:  # one process writes the run's records
         runs.write_run_records(run_dir, resolved, overrides)
@@ -191,6 +195,9 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted as stop:
         log.warning(str(stop))
         sys.exit(128 + stop.signum)  # what a shell reports for a process the signal ended
+    except SIGTERMException:  # Lightning's, outside training (checking, testing): there is nothing to save
+        log.warning("Stopped by SIGTERM outside training: the same command with resume=auto continues the run")
+        sys.exit(128 + signal.SIGTERM)
     except (UserError, OmegaConfBaseException) as err:
         if sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

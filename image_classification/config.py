@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -22,6 +23,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.utils import UNSAFE_DISABLE_EXECUTION_CHECKS, execution_whitelist
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -203,12 +205,17 @@ def instantiate(node: DictConfig | None, what: str, **kwargs: Any) -> Any:
         ) from None
 
 
-def build_module(cfg: DictConfig, class_names: list[str] | None = None):
-    """The LightningModule with its injected network, loss, optimizer and scheduler."""
+def build_module(cfg: DictConfig, class_names: list[str] | None = None, datamodule: Any = None):
+    """The LightningModule with its injected network, loss, optimizer and scheduler. A frozen backbone whose
+    features ``datamodule`` caches (linear evaluation) is that very backbone, built and loaded once."""
+    features = getattr(datamodule, "features", None)
+    shared = {}
+    if features is not None and isinstance(cfg.network, DictConfig) and "backbone" in cfg.network:
+        shared["backbone"] = features.backbone
     return instantiate(
         cfg.module,
         "module",
-        network=instantiate(cfg.network, "network"),
+        network=instantiate(cfg.network, "network", **shared),
         loss=instantiate(cfg.loss, "loss"),
         optimizer=instantiate(cfg.optimizer, "optimizer"),
         scheduler=instantiate(cfg.scheduler, "scheduler"),
@@ -241,6 +248,9 @@ def run_command(config_name: str, run: Callable[[DictConfig], Any], doc: str, ar
         if missing:
             raise UserError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
         return run(cfg)
+    except SIGTERMException:  # Lightning's: a scheduler or `kill` stopped the command mid-way
+        log.warning(f"Stopped by SIGTERM: {config_name} did not finish")
+        sys.exit(128 + signal.SIGTERM)
     except (UserError, OmegaConfBaseException, HydraException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -9,7 +9,6 @@ the rate of every optimizer step goes to a PNG and to TensorBoard (``lr`` agains
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,8 +33,7 @@ def steps_per_epoch(cfg: DictConfig) -> int:
     datamodule = instantiate(cfg.data, "data")
     datamodule.setup("fit")
     devices = device_count(cfg.trainer.accelerator, cfg.trainer.devices) * cfg.trainer.get("num_nodes", 1)
-    per_device = math.ceil(len(datamodule.datasets["train"]) / devices)
-    batches = (math.floor if datamodule.drop_last else math.ceil)(per_device / datamodule.batch_size)
+    batches = datamodule.train_batches(devices)
     limit = cfg.trainer.get("limit_train_batches")
     if isinstance(limit, int):
         return min(batches, limit)

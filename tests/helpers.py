@@ -185,18 +185,29 @@ class BreakCheckpointSaving(L.Callback):
 
 
 class SignalSelf(L.Callback):
-    """Sends this process ``signal`` (a name: SIGTERM, SIGUSR1) in training batch ``batch`` of epoch ``epoch``:
-    what a scheduler pre-empting the job does."""
+    """Sends this process ``signal`` (a name: SIGTERM, SIGUSR1) in batch ``batch`` of the ``stage`` given
+    (train or validation, in epoch ``epoch``; sanity: the sanity check; test): what a scheduler pre-empting the
+    job does."""
 
-    def __init__(self, epoch: int, batch: int, signal: str):
-        self.epoch, self.batch, self.signal = epoch, batch, signal
+    def __init__(self, epoch: int, batch: int, signal: str, stage: str = "train"):
+        self.epoch, self.batch, self.signal, self.stage = epoch, batch, signal, stage
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+    def _send(self, trainer, stage: str, batch_idx: int) -> None:
         import os
         import signal
 
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        epoch = trainer.current_epoch if stage in ("train", "validation") else self.epoch
+        if stage == self.stage and epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._send(trainer, "train", batch_idx)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._send(trainer, "sanity" if trainer.sanity_checking else "validation", batch_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._send(trainer, "test", batch_idx)
 
 
 class RankLearningRates(L.Callback):

@@ -27,6 +27,7 @@ from image_classification.evaluation import (
 )
 from image_classification.evaluation.report import bootstrap_interval
 from image_classification.networks import Backbone, JigsawCNN, KNNProbe, LinearProbe, OpenCLIPVisual
+from image_classification.networks.weights import load_weights
 
 
 def small_backbone_file(path) -> JigsawCNN:
@@ -531,3 +532,51 @@ def networks_timm(name, **kwargs):
     from image_classification.networks import timm_network
 
     return timm_network(name, num_classes=0, **kwargs)
+
+
+def test_a_backbone_file_that_does_not_fit_stops_the_run_before_anything_is_written(make_config, tmp_path):
+    # an 8-16 channel trunk given to the 32-64-128 default: every layer has other shapes
+    small_backbone_file(tmp_path / "narrow.pt")
+    cfg = make_config("experiment=linear-eval", f"network.backbone.checkpoint={tmp_path / 'narrow.pt'}")
+    message = r"network.backbone.checkpoint: \S+narrow.pt does not fit JigsawCNN: features.0.weight is \[8, 1, 3, 3\]"
+    with pytest.raises(UserError, match=message):
+        trainer.train(cfg)
+    assert not (tmp_path / "run").exists()
+    cfg = make_config("experiment=linear-eval", f"network.backbone.checkpoint={tmp_path / 'missing.pt'}")
+    with pytest.raises(UserError, match=r"^network.backbone.checkpoint: \S+missing.pt does not exist"):
+        trainer.train(cfg)
+
+
+def small_classifier(num_classes: int, in_chans: int = 1) -> JigsawCNN:
+    return JigsawCNN(
+        num_classes, in_chans=in_chans, channels=[8, 16], kernel_sizes=[3, 3], strides=[1, 1], pool_after=[0]
+    )
+
+
+def test_a_weights_file_loads_whole_and_only_a_classifier_head_may_be_left_out(tmp_path, caplog):
+    supervised = small_classifier(10)
+    torch.save(supervised.state_dict(), tmp_path / "supervised.pt")
+    trunk = {k: v for k, v in supervised.state_dict().items() if not k.startswith("head.")}
+
+    # a backbone takes every tensor but the file's head
+    backbone = Backbone(small_classifier(0), checkpoint=tmp_path / "supervised.pt")
+    assert all(torch.equal(backbone.network.state_dict()[k], v) for k, v in trunk.items())
+
+    # a classifier for 5 classes: the trunk, and a new head, said once as the head
+    with caplog.at_level("WARNING"):
+        five = load_weights(small_classifier(5), tmp_path / "supervised.pt")
+    assert all(torch.equal(five.state_dict()[k], v) for k, v in trunk.items())
+    assert caplog.text.count("the classifier head (head.1.bias, head.1.weight) is not loaded") == 1
+
+    # a file without one tensor of the trunk: refused, naming it, whatever else would load
+    partial = dict(supervised.state_dict())
+    del partial["features.1.running_mean"]
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match=r"partial.pt does not fit JigsawCNN: features.1.running_mean is not in"):
+        load_weights(small_classifier(10), tmp_path / "partial.pt")
+
+    # RGB weights for grey images: the first convolution's channels summed, as timm adapts pretrained weights
+    rgb = small_classifier(10, in_chans=3)
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pt")
+    grey = load_weights(small_classifier(10), tmp_path / "rgb.pt")
+    assert torch.allclose(grey.features[0].weight, rgb.features[0].weight.sum(1, keepdim=True))

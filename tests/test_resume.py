@@ -3,10 +3,12 @@
 import csv
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -206,6 +208,77 @@ def test_a_preempted_run_saves_its_epoch_in_progress_and_the_rerun_finishes_it(t
     resumed = run_trainer(tmp_path, *common, "++callbacks.signal.epoch=99")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
     assert read_checkpoint(last)["global_step"] == 9 and read_checkpoint(last)["epoch"] == 2  # no batch lost or added
+
+
+@pytest.mark.parametrize(
+    "stage, batch, said, saved_step",
+    [
+        # Lightning's own SIGTERM handler ended these with exit 0 and nothing saved
+        pytest.param("validation", 1, "Stopped by SIGTERM at the end of epoch 1 (step 6)", 6, id="validation"),
+        pytest.param("sanity", 0, "Stopped by SIGTERM outside training", None, id="sanity-check"),
+        pytest.param("test", 0, "Stopped by SIGTERM outside training", 9, id="testing"),
+    ],
+)
+def test_sigterm_at_any_stage_exits_143_saying_so_and_the_rerun_continues(tmp_path, stage, batch, said, saved_step):
+    signal_at = ["+callbacks.signal._target_=tests.helpers.SignalSelf", "+callbacks.signal.epoch=1",
+                 f"+callbacks.signal.batch={batch}", "+callbacks.signal.signal=SIGTERM",
+                 f"+callbacks.signal.stage={stage}"]  # fmt: skip
+    common = ["hydra.run.dir=logs/run", "resume=auto", "trainer.max_epochs=3", *QUICK]
+    stopped = run_trainer(tmp_path, *common, *signal_at)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert said in output and "Traceback" not in output
+    last = tmp_path / "logs/run/checkpoints/last.ckpt"
+    assert (read_checkpoint(last)["global_step"] if last.exists() else None) == saved_step
+    if stage == "validation":  # the epoch's checkpoints were written; the rerun goes on with epoch 2
+        resumed = run_trainer(tmp_path, *common, "++callbacks.signal.epoch=99")
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-2000:]
+        assert read_checkpoint(last)["global_step"] == 9 and read_checkpoint(last)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_at_random_moments_then_resume_ends_with_the_weights_of_a_run_never_stopped(tmp_path):
+    """What `kill`, Docker, Kubernetes and most schedulers do: SIGTERM at any moment (a batch, validation, a
+    checkpoint being written). Three kills at random steps, one of them near an epoch's end, so that it comes
+    during validation or while checkpoints are written; each kill is followed by the same command again."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    # 41 training steps an epoch; all 144 validation images, so validation takes a good share of an epoch
+    common = ["trainer.deterministic=true", "trainer.limit_test_batches=2", "logger=none", "data/mix=mixup_cutmix",
+              "data.batch_size=32", "trainer.max_epochs=3"]  # fmt: skip
+    whole = run_trainer(tmp_path, "hydra.run.dir=logs/whole", *common)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    steps_log = tmp_path / "steps.jsonl"
+    command = [sys.executable, str(ROOT / "trainer.py"), "print_config=false", "hydra.run.dir=logs/run",
+               "resume=auto", *common, "++callbacks.steps._target_=tests.helpers.StepLog",
+               f"++callbacks.steps.path={steps_log}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    near_an_epoch_end = rng.choice([40, 81]) - rng.randrange(2)
+    for kill_step in sorted({*rng.sample(range(2, 118), 2), near_an_epoch_end}):
+        delay = rng.uniform(0, 0.5)
+        seen = steps_log.stat().st_size if steps_log.exists() else 0
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)  # fmt: skip
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            lines = steps_log.read_text()[seen:].splitlines() if steps_log.exists() else []
+            if lines and json.loads(lines[-1])["step"] >= kill_step:
+                break
+            time.sleep(0.02)
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=240)[0]
+        where = f"(seed {seed}: SIGTERM {delay:.2f} s after step {kill_step})"
+        assert process.returncode == 128 + signal.SIGTERM, f"{where}\n{output[-3000:]}"
+        assert "Stopped by SIGTERM" in output and "Traceback" not in output, f"{where}\n{output[-3000:]}"
+    resumed = run_trainer(tmp_path, "hydra.run.dir=logs/run", "resume=auto", *common)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (weights, metrics), (expected_weights, expected_metrics) = (
+        final_state(tmp_path / "logs/run"),
+        final_state(tmp_path / "logs/whole"),
+    )
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights), f"seed {seed}: weights differ"
+    assert metrics == expected_metrics, f"seed {seed}"
 
 
 def final_state(run):

@@ -397,3 +397,32 @@ def test_a_nan_loss_can_skip_its_batch_without_an_update(make_config, tmp_path, 
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
     assert math.isfinite(report["metrics"]["test/loss"]) and report["metrics"]["test/acc"] > 0
+
+
+SMALLER_THAN_A_BATCH = ["data.batch_size=2048", "+data.drop_last=true"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        *[
+            pytest.param(
+                [*debug, *SMALLER_THAN_A_BATCH],
+                "the training split has 1294 images, fewer than a batch (data.batch_size=2048), and "
+                "data.drop_last=true",
+                id=f"smaller-than-a-batch-{name}",
+            )
+            for name, debug in (("run", []), ("fdr", ["debug=fdr"]), ("limit", ["debug=limit"]))
+        ],
+        pytest.param(
+            ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 trains on no batch", id="limit-0"
+        ),
+    ],
+)
+def test_a_run_that_would_train_on_no_batch_is_refused_before_anything_is_written(
+    make_config, tmp_path, overrides, message
+):
+    # Lightning said "No training batches", then the run tested its initial weights and reported them
+    with pytest.raises(UserError, match=re.escape(message)):
+        trainer.train(make_config(*overrides))
+    assert not (tmp_path / "run").exists()

@@ -8,6 +8,7 @@ read until ``setup``, and ``prepare_data`` (one process at a time) calls the one
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from image_classification.data.sampling import (
     shuffle_seed,
 )
 from image_classification.data.splits import dataset_targets, stratified_hold_out
-from image_classification.errors import DataError
+from image_classification.errors import DataError, UserError
 from image_classification.files import exclusive
 from image_classification.randomness import seeded
 
@@ -440,6 +441,30 @@ class DataModule(L.LightningDataModule):
         # Lightning's distributed sampler pads the last share with repeated images; scores would count them
         sampler = UnpaddedDistributedSampler(dataset, world_size, rank) if world_size > 1 else None
         return CheckedLoader(dataset, sampler=sampler, **options)
+
+    def train_batches(self, processes: int = 1) -> int:
+        """Training batches each of ``processes`` processes gets in an epoch (set up, nothing read)."""
+        per_process = math.ceil(len(self.datasets["train"]) / processes)
+        return (math.floor if self.drop_last else math.ceil)(per_process / self.batch_size)
+
+    def check_training_batches(self, processes: int, limit: int | float | None) -> None:
+        """Refuse a run that would train on no batch (Lightning only says so, then tests the initial weights):
+        a training split smaller than a batch with ``drop_last``, or ``limit_train_batches`` 0."""
+        if limit == 0:
+            raise UserError(
+                "trainer.limit_train_batches=0 trains on no batch: to test a checkpoint, run "
+                "python -m image_classification.evaluate ckpt_path=<file>"
+            )
+        if self.train_batches(processes) == 0:
+            images = len(self.datasets["train"])
+            share = f" ({math.ceil(images / processes)} for each of {processes} processes)" if processes > 1 else ""
+            if not images:
+                raise DataError("the training split has no images: nothing to train on")
+            raise DataError(
+                f"the training split has {images} images{share}, fewer than a batch (data.batch_size="
+                f"{self.batch_size}), and data.drop_last=true leaves out an incomplete batch: no batch to train "
+                "on; lower data.batch_size, set data.drop_last=false, or add images"
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

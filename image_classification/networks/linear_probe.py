@@ -34,7 +34,7 @@ class Backbone(nn.Module):
         features = feature_count(network, "the backbone")
         if dtype not in DTYPES:
             raise ValueError(f"backbone dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.network = load_weights(network, checkpoint) if checkpoint else network
+        self.network = load_weights(network, checkpoint, "network.backbone.checkpoint") if checkpoint else network
         self.network.requires_grad_(False)
         self.network.eval()
         self.num_features = features
