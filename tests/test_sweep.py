@@ -279,3 +279,51 @@ def test_a_study_storage_cannot_run_code_through_its_trials(tmp_path):
     assert "came with parameters this sweep did not choose (+callbacks.evil._target_" in result.stdout + result.stderr
     assert states(tmp_path, name) == ["COMPLETE", "COMPLETE", "FAIL"]  # the planted one failed, one trial ran
     assert not marker.exists()
+
+
+def run_sweep(cwd, *overrides):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "trainer.py"), "--multirun", *overrides, *QUICK],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_first_trials_all_fail_alike_stops_in_one_line_and_exits_1(tmp_path):
+    # MNIST offline and not downloaded: every trial would fail the same way (30 of 30 did, and the sweep exited 0)
+    result = run_sweep(tmp_path, "hp_search=mnist_optuna", "data.download=false", "hydra.sweeper.n_trials=30")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "the sweep's first 3 trials all failed with the same error, so it stops" in output, output[-3000:]
+    assert "Traceback" not in output
+    assert states(tmp_path, "mnist") == ["FAIL"] * 3
+
+
+@pytest.mark.slow
+def test_a_study_is_continued_only_with_the_fixed_overrides_it_was_started_with(tmp_path):
+    sweep(tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=1", "optimizer=adamw")
+    other = run_sweep(tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=1", "optimizer=sgd")
+    output = other.stdout + other.stderr
+    assert other.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "study digits was started with other fixed overrides (optimizer=adamw then, optimizer=sgd now)" in output
+    assert "hydra.sweeper.study_name=" in output
+    assert states(tmp_path, "digits") == ["COMPLETE"]
+    # what only changes how trials run (loader workers) continues it
+    sweep(tmp_path, "hp_search=digits_optuna", "hydra.sweeper.n_trials=1", "optimizer=adamw", "data.num_workers=0")
+    assert states(tmp_path, "digits") == ["COMPLETE"] * 2
+
+
+def test_the_setting_of_a_study_is_its_fixed_overrides_less_those_that_do_not_change_results():
+    from image_classification.errors import UserError
+    from image_classification.sweeps.sweeper import check_same_setting, fixed_setting
+
+    setting = fixed_setting({"optimizer": "adamw", "trainer.max_epochs": 2, "data.num_workers": 4}, ["~logger"])
+    assert setting == {"optimizer": "adamw", "trainer.max_epochs": "2"}
+    study = optuna.create_study()
+    check_same_setting(study, setting)
+    check_same_setting(study, dict(setting))
+    with pytest.raises(UserError, match=r"no seed then, seed=3 now; trainer.max_epochs=2 then, trainer.max_epochs=1 now"):
+        check_same_setting(study, {**setting, "trainer.max_epochs": "1", "seed": "3"})

@@ -8,6 +8,10 @@ trials launched together), and what it lacks:
 - Ctrl-C or SIGTERM stops the sweep: the trials of the batch that was running are marked FAIL, the report is
   written, and no further trial starts;
 - a journal file (``journal:///shared/study.log``) as storage, for machines that share a file system;
+- a study keeps the fixed overrides it was started with: continuing it with others (another optimizer, other
+  epochs) is refused, since its best trial would compare runs of two settings;
+- a sweep whose first trials all fail with the same error stops there, in one line, and a sweep in which no
+  trial completed exits 1;
 - at the end, the table of all the study's trials (printed, and ``trials.csv``) and its plots.
 """
 
@@ -87,6 +91,41 @@ def ask(study: optuna.Study) -> optuna.Trial:
         )
 
 
+# Overrides that change how a trial runs, not what it measures: a study may be continued with others.
+NOT_THE_SETTING = ("data.num_workers", "print_config", "logger", "paths.", "trial", "hydra.")
+FIXED_KEY = "fixed_overrides"  # the study's user attribute that keeps them
+
+
+def fixed_setting(fixed_params: dict[str, Any], fixed_overrides: list[str]) -> dict[str, str]:
+    """The fixed overrides of a sweep (all but its search space) that decide what its trials measure."""
+    setting = {name: str(value) for name, value in fixed_params.items()}
+    setting.update({line: "" for line in fixed_overrides})  # deletions (~key)
+    return {k: v for k, v in sorted(setting.items()) if not k.lstrip("+~").startswith(NOT_THE_SETTING)}
+
+
+def check_same_setting(study: optuna.Study, setting: dict[str, str]) -> None:
+    """Record the setting of a new study; refuse to continue one with another (one line naming the difference)."""
+    recorded = study.user_attrs.get(FIXED_KEY)
+    if recorded is None:
+        if study.trials:  # a study of an earlier version, or of Optuna directly: its setting is not known
+            log.warning(f"Study {study.study_name} does not say which overrides it was started with: from now, these")
+        study.set_user_attr(FIXED_KEY, setting)
+        return
+    if not isinstance(recorded, dict) or recorded == setting:
+        return
+    shown = lambda key, where: f"{key}={where[key]}" if key in where else f"no {key}"  # noqa: E731
+    differences = [
+        f"{shown(key, recorded)} then, {shown(key, setting)} now"
+        for key in sorted(set(recorded) | set(setting))
+        if recorded.get(key) != setting.get(key)
+    ]
+    raise UserError(
+        f"study {study.study_name} was started with other fixed overrides ({'; '.join(differences[:3])}"
+        f"{'; ...' if len(differences) > 3 else ''}): its best trial would compare runs of two settings; give "
+        "the same overrides to continue it, or start a new study with hydra.sweeper.study_name=<a new name>"
+    )
+
+
 def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -132,6 +171,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
                 "hydra.sweeper.storage=null to keep the study in memory"
             )
         study = create_study(self.storage_url, self.study_name, self._get_directions(), self.sampler)
+        check_same_setting(study, fixed_setting(fixed_params, fixed_overrides))
         log.info(f"Study {study.study_name} in {self.storage_url or 'memory'}: {len(study.trials)} trials so far")
         return study, distributions, fixed_params, fixed_overrides
 
@@ -141,6 +181,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
         storage = self.storage_url if isinstance(self.storage_url, str) else None
         owner = f"{socket.gethostname()}:{os.getpid()}"
         to_go = self.n_trials
+        self.completed, self.errors = 0, []  # this sweep's completed trials, and its trials' errors
         try:
             with sigterm_interrupts():
                 while to_go > 0:
@@ -170,6 +211,9 @@ class StudySweeperImpl(OptunaSweeperImpl):
                     self.job_idx += len(returns)
                     self._tell(study, trials, returns)
                     to_go -= len(trials)
+                    self._stop_when_failing_alike()
+            if not self.completed:
+                raise UserError(f"no trial of the sweep completed: {self._errors_summary()}")
         finally:
             best = write_report(study, self.config.hydra.sweep.dir, plots=self.plots)
             if best:
@@ -177,6 +221,23 @@ class StudySweeperImpl(OptunaSweeperImpl):
                     OmegaConf.create({"name": "optuna", **best}),
                     Path(self.config.hydra.sweep.dir) / "optimization_results.yaml",
                 )
+
+    def _errors_summary(self) -> str:
+        if not self.errors:
+            return "every trial was pruned"
+        first = self.errors[0]
+        same = sum(error == first for error in self.errors)
+        return f"{same} of {len(self.errors)} failed trials with {first}"
+
+    def _stop_when_failing_alike(self, first: int = 3) -> None:
+        """The sweep's first trials (``first``, or all of them in fewer) all failed with the same error: the
+        others would too (a dataset that cannot be read, a typo in a fixed override)."""
+        tried = len(self.errors) + self.completed
+        if self.completed or tried < min(first, self.n_trials) or len(set(self.errors)) != 1:
+            return
+        raise UserError(
+            f"the sweep's first {tried} trials all failed with the same error, so it stops: {self.errors[0]}"
+        )
 
     def _tell(self, study: optuna.Study, trials: list[optuna.Trial], returns: list[Any]) -> None:
         """Record each job's outcome: its value, PRUNED, or FAIL (an error, or a NaN value); stop when more than
@@ -190,15 +251,21 @@ class StudySweeperImpl(OptunaSweeperImpl):
             try:
                 value = float(job.return_value)
             except Exception as err:  # the job raised, or returned no number
+                from image_classification.config import user_message
+
                 study.tell(trial, state=TrialState.FAIL)
-                log.warning(f"Trial {trial.number} failed: {type(err).__name__}: {err}")
-                failures.append(err)
+                error = f"{type(err).__name__}: {user_message(err)}"
+                log.warning(f"Trial {trial.number} failed: {error}")
+                failures.append(error)
                 continue
             frozen = study.tell(trial, values=[value])  # Optuna records a NaN value as FAIL
             if frozen.state == TrialState.FAIL:
-                failures.append(ValueError(f"trial {trial.number} returned {value}"))
+                failures.append(f"the objective is {value}")
+            else:
+                self.completed += 1
+        self.errors += failures
         if failures and len(failures) / len(returns) > self.max_failure_rate:
-            raise RuntimeError(
+            raise UserError(
                 f"{len(failures)} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate}): "
                 f"{failures[0]}"
-            ) from failures[0]
+            )
