@@ -174,3 +174,12 @@ def test_an_image_size_that_is_not_positive_is_one_line(tmp_path, make_config):
         data = ["data=imagenet", "data.root=.", "data.num_classes=3"]
         with pytest.raises(UserError, match=f"{setting.split('=')[0]} must be a positive number of pixels"):
             instantiate(make_config(*data, setting).data, "data")
+
+
+def test_cluster_slurm_where_slurm_is_not_reachable_is_one_line(tmp_path):
+    # submitit's 25-line traceback ended in 'Could not detect "srun"'
+    result = run_trainer(tmp_path, "--multirun", "cluster=slurm", "trainer.max_epochs=1")
+    assert_clear_error(result, "SLURM is not reachable from here", "cluster=submitit_local")
+    assert len(error_lines(result)) == 1 and not (tmp_path / "logs").exists()
+    single = run_trainer(tmp_path, "cluster=slurm", "trainer.max_epochs=1")
+    assert_clear_error(single, "cluster=slurm submits jobs through Hydra's launcher, which --multirun alone uses")

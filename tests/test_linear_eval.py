@@ -580,3 +580,17 @@ def test_a_weights_file_loads_whole_and_only_a_classifier_head_may_be_left_out(t
     torch.save(rgb.state_dict(), tmp_path / "rgb.pt")
     grey = load_weights(small_classifier(10), tmp_path / "rgb.pt")
     assert torch.allclose(grey.features[0].weight, rgb.features[0].weight.sum(1, keepdim=True))
+
+
+def test_grey_images_reach_an_rgb_backbone_as_rgb(make_config):
+    # open_clip's image tower on the digits: "expected input to have 3 channels, but got 1"
+    clip = OpenCLIPVisual("ViT-S-32", image_size=32)
+    grey = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(clip(grey), clip(grey.expand(-1, 3, -1, -1)))
+    backbone = Backbone(networks_timm("test_resnet", in_chans=3))
+    torch.testing.assert_close(backbone(grey), backbone(grey.expand(-1, 3, -1, -1)))
+    assert backbone.patch_features(grey).shape[0] == 2
+    cfg = make_config("experiment=linear-eval", "network@network.backbone.network=open_clip",
+                      "network.backbone.network.model_name=ViT-S-32", "network.backbone.network.image_size=32",
+                      "debug=fdr", "data.features.batch_size=512")  # fmt: skip
+    assert 0 <= trainer.train(cfg)["metrics"]["test/acc"] <= 1

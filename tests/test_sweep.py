@@ -325,5 +325,6 @@ def test_the_setting_of_a_study_is_its_fixed_overrides_less_those_that_do_not_ch
     study = optuna.create_study()
     check_same_setting(study, setting)
     check_same_setting(study, dict(setting))
-    with pytest.raises(UserError, match=r"no seed then, seed=3 now; trainer.max_epochs=2 then, trainer.max_epochs=1 now"):
+    differences = r"no seed then, seed=3 now; trainer.max_epochs=2 then, trainer.max_epochs=1 now"
+    with pytest.raises(UserError, match=differences):
         check_same_setting(study, {**setting, "trainer.max_epochs": "1", "seed": "3"})

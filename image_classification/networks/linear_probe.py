@@ -38,6 +38,8 @@ class Backbone(nn.Module):
         self.network.requires_grad_(False)
         self.network.eval()
         self.num_features = features
+        conv = next((m for m in self.network.modules() if isinstance(m, nn.Conv2d)), None)
+        self.in_channels = conv.in_channels if conv is not None else None  # None: whatever the network takes
         self.dtype = DTYPES[dtype]
         self._digest: str | None = None
 
@@ -60,7 +62,14 @@ class Backbone(nn.Module):
     def _precision(self, images: torch.Tensor):
         return torch.autocast(images.device.type, self.dtype, enabled=self.dtype != torch.float32)
 
+    def _as_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Grey images for an RGB network (pretrained weights, open_clip): the channel repeated."""
+        if self.in_channels == 3 and images.ndim == 4 and images.shape[1] == 1:
+            return images.expand(-1, 3, -1, -1)
+        return images
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = self._as_input(images)
         with torch.no_grad(), self._precision(images):
             return self.network(images).float()
 
@@ -70,6 +79,7 @@ class Backbone(nn.Module):
         forward_features = getattr(self.network, "forward_features", None)
         if forward_features is None:
             raise ValueError(f"{type(self.network).__name__} gives no patch-level features (no forward_features)")
+        images = self._as_input(images)
         with torch.no_grad(), self._precision(images):
             features = forward_features(images)
         if features.ndim == 4:  # a feature map: channels first, or last (timm's Swin says NHWC)

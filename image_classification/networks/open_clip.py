@@ -10,8 +10,14 @@ from torch import nn
 from image_classification.networks.weights import load_weights
 
 
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Grey images (B x 1 x H x W) as RGB ones, the channel repeated: what an RGB network takes."""
+    return images.expand(-1, 3, -1, -1) if images.ndim == 4 and images.shape[1] == 1 else images
+
+
 class OpenCLIPVisual(nn.Module):
-    """An open_clip model's image encoder; the text tower is dropped.
+    """An open_clip model's image encoder; the text tower is dropped. It takes RGB images; grey ones (one
+    channel) are given as RGB, the channel repeated.
 
     Args:
         model_name: an open_clip architecture (``open_clip.list_models()``: ``ViT-B-32``, ``ViT-L-14``,
@@ -53,7 +59,7 @@ class OpenCLIPVisual(nn.Module):
             load_weights(self, checkpoint)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual(images))
+        return self.head(self.visual(as_rgb(images)))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The patch tokens of a ViT image tower (B x N x width), the class token left out."""
@@ -61,7 +67,7 @@ class OpenCLIPVisual(nn.Module):
             raise ValueError(f"the {type(self.visual).__name__} image tower gives no patch tokens")
         self.visual.output_tokens = True
         try:
-            return self.visual(images)[1]
+            return self.visual(as_rgb(images))[1]
         finally:
             self.visual.output_tokens = False
 
