@@ -139,3 +139,23 @@ def test_channels_last_and_compile_train(make_config):
     assert 0.0 <= report["metrics"]["test/acc"] <= 1.0
     state = torch.load(report["last_checkpoint"], weights_only=True)["state_dict"]
     assert not [k for k in state if "_orig_mod" in k], "compiling must not rename the checkpoint's keys"
+
+
+def test_pretrained_weights_that_cannot_be_downloaded_are_one_line_at_once(tmp_path, monkeypatch):
+    # offline: about 50 s of retries, then "network: ConnectError: [Errno -2] Name or service not known"
+    import time
+
+    from huggingface_hub import constants
+
+    from image_classification.networks import OpenCLIPVisual, hub
+
+    monkeypatch.setattr(hub, "_reachable", lambda host: False)  # no network, whatever this machine has
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # and nothing cached
+    start, offline = time.monotonic(), constants.HF_HUB_OFFLINE
+    with pytest.raises(UserError, match=r"network.pretrained=true: timm's pretrained weights for resnet18 could not "
+                       r"be downloaded \(.*\); .* network.checkpoint=<file>"):  # fmt: skip
+        timm_network("resnet18", num_classes=10, pretrained=True)
+    with pytest.raises(UserError, match=r"network.pretrained: open_clip's openai weights of ViT-B-32 could not be"):
+        OpenCLIPVisual("ViT-B-32", pretrained="openai")
+    assert time.monotonic() - start < 20
+    assert constants.HF_HUB_OFFLINE == offline  # the hub is back as it was

@@ -1,12 +1,14 @@
 """The image tower of an open_clip model (``pip install -e '.[clip]'``): a backbone to evaluate, or a network
 to fine-tune with a linear head."""
 
+import contextlib
 import difflib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from image_classification.networks.hub import could_not_download, hub_access
 from image_classification.networks.weights import load_weights
 
 
@@ -47,9 +49,17 @@ class OpenCLIPVisual(nn.Module):
             close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; open_clip.list_models() names them"
             raise ValueError(f"open_clip has no architecture {model_name!r}{hint}")
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained or None, force_image_size=image_size
-        )
+        tag = pretrained and not Path(pretrained).expanduser().is_file()  # a tag is downloaded
+        try:
+            with hub_access() if tag else contextlib.nullcontext():
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained or None, force_image_size=image_size
+                )
+        except Exception as err:
+            failed = could_not_download(err, f"open_clip's {pretrained} weights of {model_name}", "network.pretrained")
+            if tag and failed is not None:
+                raise failed from None
+            raise
         self.visual = model.visual
         self.preprocess = preprocess
         self.num_features = self.visual.output_dim

@@ -1,12 +1,14 @@
 """Every timm architecture, built from config: ``network=resnet50``, ``vit_b16``, ``swin_t`` ... or
 ``network=timm network.model_name=<any name timm.list_models() gives>``."""
 
+import contextlib
 import difflib
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from image_classification.networks.hub import could_not_download, hub_access
 from image_classification.networks.weights import load_weights
 
 # Arguments of timm.create_model that would load weights behind the back of `checkpoint` (and outside
@@ -40,5 +42,14 @@ def timm_network(
         close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() names them"
         raise ValueError(f"timm has no architecture {model_name!r}{hint}")
-    network = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:
+        with hub_access() if pretrained else contextlib.nullcontext():
+            network = timm.create_model(
+                model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
+            )
+    except Exception as err:
+        failed = could_not_download(err, f"timm's pretrained weights for {model_name}", "network.pretrained=true")
+        if pretrained and failed is not None:
+            raise failed from None
+        raise
     return load_weights(network, checkpoint) if checkpoint else network
