@@ -47,7 +47,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @run_config_policy()
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+def train(cfg: DictConfig, overrides: list[str] | None = None, show_config: bool = False) -> dict:
     """Fit, test the best checkpoint, write ``metrics.json`` to the run directory and return its contents.
 
     Nothing is written to the run directory until the data, the model, the optimizer and the checkpoint to
@@ -85,6 +85,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         datamodule.check_training_batches(trainer.world_size, trainer.limit_train_batches)
 
     if rank_zero_only.rank == 0:  # one process writes the run's records
+        if show_config:
+            print_config_tree(cfg)
         runs.write_run_records(run_dir, resolved, overrides)
     best, fitted = None, None
     if cfg.fit is not None:  # a probe fitted in closed form on cached features (logistic regression, kNN)
@@ -187,10 +189,8 @@ def main(cfg: DictConfig) -> float | None:
             cfg = compose(overrides)
         if sweep:  # a trial's overrides, not the whole tree once per trial
             log.info(f"Trial {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
-        elif cfg.print_config:
-            print_config_tree(cfg)
         with sweep_job_alone(hydra_cfg) if sweep else contextlib.nullcontext():
-            report = train(cfg, overrides)
+            report = train(cfg, overrides, show_config=bool(cfg.print_config) and not sweep)
         return objective(report, cfg.optimized_metric) if cfg.optimized_metric else None
     except Preempted as stop:
         log.warning(str(stop))
@@ -202,6 +202,8 @@ def main(cfg: DictConfig) -> float | None:
         if sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error(f"Error: {user_message(err)}")
+        with contextlib.suppress(Exception):  # nothing is written before the checks: not even Hydra's log file
+            runs.remove_failed_attempt(Path(hydra_cfg.runtime.output_dir), Path(cfg.paths.log_dir))
         sys.exit(1)
 
 

@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from hydra.utils import UNSAFE_DISABLE_EXECUTION_CHECKS, execution_whitelist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 from rich.console import Console
 
 from image_classification.data import image_folder_classes, shard_channels, shard_classes, usable_cpus
@@ -154,15 +154,21 @@ def check_types(cfg: DictConfig) -> None:
 
 
 def one_line(err: BaseException) -> str:
-    """An exception's message folded onto one line, without Hydra's ``full_key`` notes."""
-    text = re.sub(r"\s*full_key: \S+", "", str(err))
+    """An exception's message folded onto one line, without OmegaConf's ``full_key`` and ``object_type`` notes."""
+    text = re.sub(r"\s*(full_key: |object_type=)\S+", "", str(err))
     return " ".join(text.split())
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    """The first UserError in ``err``'s chain of causes, else the last cause."""
-    while not isinstance(err, UserError) and err.__cause__ is not None:
-        err = err.__cause__
+    """The first UserError in ``err``'s chain of causes (an interpolation's resolver's error included), else the
+    last cause."""
+    while not isinstance(err, UserError):
+        cause = err.__cause__
+        if cause is None and isinstance(err, InterpolationResolutionError):
+            cause = err.__context__  # OmegaConf wraps a resolver's error without naming it as the cause
+        if cause is None:
+            break
+        err = cause
     return err
 
 

@@ -1,6 +1,7 @@
 """A run's directory and its records: which checkpoint to continue, the config a resumed run recomposes,
 ``config.yaml`` / ``overrides.yaml`` written once the run is known to be valid, and ``metrics.json``."""
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -195,6 +196,27 @@ def write_atomically(path: Path, text: str) -> None:
     """Write ``path`` through a temporary file beside it, so a reader never sees half of it."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def remove_failed_attempt(run_dir: Path, log_dir: Path | None = None) -> None:
+    """Remove what an attempt that stopped at its checks left (Hydra's log file, and the run directory it made
+    for it, with its parents up to ``log_dir`` that are left empty), so that a failed attempt writes nothing; a
+    directory holding anything else is left as it is."""
+    if not run_dir.is_dir() or any(path.name != "trainer.log" for path in run_dir.iterdir()):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # Hydra's file handler writes to run_dir/trainer.log
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
+    with contextlib.suppress(OSError):
+        (run_dir / "trainer.log").unlink(missing_ok=True)
+        run_dir.rmdir()
+        top = log_dir.resolve() if log_dir is not None else None
+        parent = run_dir.resolve().parent
+        while top is not None and (parent == top or top in parent.parents) and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def write_run_records(run_dir: Path, config: dict[str, Any], overrides: Sequence[str] | None) -> None:

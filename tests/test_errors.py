@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import ROOT, write_image_folder
 
+import trainer
 from image_classification.errors import UserError
 
 
@@ -183,3 +184,43 @@ def test_cluster_slurm_where_slurm_is_not_reachable_is_one_line(tmp_path):
     assert len(error_lines(result)) == 1 and not (tmp_path / "logs").exists()
     single = run_trainer(tmp_path, "cluster=slurm", "trainer.max_epochs=1")
     assert_clear_error(single, "cluster=slurm submits jobs through Hydra's launcher, which --multirun alone uses")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data=image_folder", "data.root=/nonexistent"], "data directory /nonexistent does not exist: set data.root"),
+        (
+            ["data=imagenet", "data.root=/nonexistent"],
+            "does not exist: python -m image_classification.prepare_imagenet",
+        ),
+        (["experiment=linear-eval", "network.backbone.checkpoint=/no.pt"], "network.backbone.checkpoint: /no.pt does"),
+    ],
+    ids=["image-folder", "imagenet", "backbone"],
+)
+def test_a_missing_folder_or_file_is_named_by_the_key_the_user_set(make_config, overrides, message):
+    # were: "DataError raised while resolving interpolation: ... object_type=dict", "data: FileNotFoundError:
+    # network.checkpoint ..."
+    from image_classification.config import user_message
+
+    with pytest.raises(Exception) as info:
+        trainer.train(make_config(*overrides))
+    text = user_message(info.value)
+    assert message in text and text.startswith(("data directory /nonexistent does not exist:", "network.backbone"))
+    assert "resolving interpolation" not in text and "object_type" not in text
+
+
+def test_a_run_that_fails_its_checks_prints_no_config_tree_and_leaves_no_files(tmp_path):
+    # the error came at the bottom of a 200-line config tree, and logs/<task>/runs/<time>/trainer.log stayed
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trainer.py"), "data=image_folder", "data.root=/nonexistent"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_clear_error(result, "data directory /nonexistent does not exist")
+    assert "CONFIG" not in result.stdout + result.stderr and not (tmp_path / "logs").exists()
+    empty = run_trainer(tmp_path, "hydra.run.dir=empty", "ckpt_path=last")
+    assert_clear_error(empty, "ckpt_path=last: there is no")
+    assert not (tmp_path / "empty").exists()

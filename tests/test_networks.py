@@ -158,4 +158,4 @@ def test_pretrained_weights_that_cannot_be_downloaded_are_one_line_at_once(tmp_p
     with pytest.raises(UserError, match=r"network.pretrained: open_clip's openai weights of ViT-B-32 could not be"):
         OpenCLIPVisual("ViT-B-32", pretrained="openai")
     assert time.monotonic() - start < 20
-    assert constants.HF_HUB_OFFLINE == offline  # the hub is back as it was
+    assert offline == constants.HF_HUB_OFFLINE  # the hub is back as it was

@@ -149,9 +149,15 @@ def _class_names(folder: Path) -> list[str]:
     return names
 
 
-def _class_root(root: str | os.PathLike) -> Path:
-    """The folder whose subfolders are the classes: ``root/train`` for split layouts, else ``root``."""
+def _class_root(root: str | os.PathLike, layout: str = "image_folder") -> Path:
+    """The folder whose subfolders are the classes: ``root/train`` for split layouts, else ``root``.
+    ``layout``: ``imagenet`` for ImageNet's (made by prepare_imagenet), which the error then points to."""
     root = Path(root).expanduser()
+    if not root.is_dir() and layout == "imagenet":
+        raise DataError(
+            f"data directory {root} does not exist: python -m image_classification.prepare_imagenet <the folder "
+            f"of ILSVRC2012's downloaded files> {root} lays ImageNet out there"
+        )
     if not root.is_dir():
         raise DataError(
             f"data directory {root} does not exist: set data.root to a folder of class subfolders "
@@ -163,9 +169,9 @@ def _class_root(root: str | os.PathLike) -> Path:
     return root / "train" if splits else root
 
 
-def image_folder_classes(root: str) -> int:
-    """How many classes an ImageFolder tree has (the ``${image_folder_classes:...}`` resolver)."""
-    return len(_class_names(_class_root(root)))
+def image_folder_classes(root: str, layout: str = "image_folder") -> int:
+    """How many classes an ImageFolder tree has (the ``${image_folder_classes:<root>[,imagenet]}`` resolver)."""
+    return len(_class_names(_class_root(root, layout)))
 
 
 class ImageFolder(torchvision.datasets.ImageFolder):
