@@ -189,6 +189,21 @@ def log_file(path: Path) -> Iterator[None]:
 
 
 @run_config_policy()
+def tested_images(datamodule: Any) -> str:
+    """How many images were tested, and which, for the command's output."""
+    fraction = datamodule.test_fraction
+    if "test" not in getattr(datamodule, "held_out_splits", []):
+        how = "the data's test split"
+    elif fraction == 1.0:
+        how = "every image of the data (data.test_fraction=1)"
+    else:
+        how = f"the {fraction:g} of the data held out as its test split (data.test_fraction=1 tests every image)"
+    bad = datamodule.bad_images.get("test")
+    skipped = len(bad.seen) if bad is not None else 0
+    unread = f"; {skipped} unreadable, left out (report.json names them)" if skipped else ""
+    return f"{len(datamodule.datasets['test']) - skipped} images, {how}{unread}"
+
+
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = (), data_overrides: Sequence[str] | None = ()) -> dict:
     """Test ``cfg.ckpt_path`` and write the run directory's records; returns metrics.json's contents.
 
@@ -249,6 +264,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = (), data_overrides: Seq
     }
     runs.write_report(run_dir, report)
     log.info(f"Run directory:   {run_dir}")
+    log.info(f"Tested:          {tested_images(datamodule)}")
     log.info(f"Test accuracy:   {100 * test_metrics['test/acc']:.2f}% ({path})")
     return report
 

@@ -438,3 +438,32 @@ def test_a_probe_on_its_backbones_own_preprocessing_is_used_and_evaluated_throug
     torch.testing.assert_close(model.predict([read_image(f) for f in files]), logits["logits"], atol=1e-4, rtol=0)
     result = predict(predict_config(tmp_path, f"ckpt={ckpt}", f"input={root / 'test'}"))
     assert len(result["predictions"]) == 18 and result["unreadable"] == []
+
+
+def test_evaluate_on_every_image_of_a_folder_in_one_key_and_says_how_many(folder_run, tmp_path, caplog):
+    # data.root=<a folder> tested only the 10% the checkpoint's data config holds out of a folder without test/
+    ckpt = folder_run["report"]["tested_checkpoint"]
+    flat = write_image_folder(tmp_path / "flat", splits=(), per_class=5)  # 3 classes, 15 images
+    cfg, data = evaluate_config(tmp_path, f"ckpt_path={ckpt}", f"data.root={flat}", "data.num_workers=0")
+    with caplog.at_level("INFO"):
+        evaluate(cfg, [], data)
+    assert (
+        "Tested:          2 images, the 0.1 of the data held out as its test split (data.test_fraction=1" in caplog.text
+    )
+    cfg, data = evaluate_config(
+        tmp_path, f"ckpt_path={ckpt}", f"data.root={flat}", "data.num_workers=0", "data.test_fraction=1"
+    )
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        evaluate(cfg, [], data)
+    assert "Tested:          15 images, every image of the data (data.test_fraction=1)" in caplog.text
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert sorted(example["id"] for example in report["examples"]) == sorted(str(path) for path in flat.rglob("*.*"))
+
+
+def test_test_fraction_1_is_refused_for_training(make_config, tmp_path):
+    import trainer
+
+    root = write_image_folder(tmp_path / "flat", splits=())
+    with pytest.raises(UserError, match="data.test_fraction=1 tests every image and leaves none to train on"):
+        trainer.train(make_config("data=image_folder", f"data.root={root}", "data.test_fraction=1"))

@@ -121,7 +121,7 @@ class DataModule(L.LightningDataModule):
     A missing val or test set (``None``, or a factory that returns None) is held out of the training set:
     ``test_fraction`` first, then ``val_fraction`` of the rest, stratified by class, by a permutation seeded
     with ``split_seed`` (independent of the run's ``seed``, so every run of an experiment is tested on the
-    same images).
+    same images). ``test_fraction=1`` makes every image a test image, for an evaluation (set up for ``test``).
 
     Args:
         root: where the data lives, for the dataset configs to point at; checked to exist.
@@ -168,9 +168,10 @@ class DataModule(L.LightningDataModule):
         **settings: Any,
     ):
         super().__init__()
-        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 <= fraction < 1.0:
-                raise DataError(f"data.{name} must be in [0, 1), got {fraction}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0.0 <= test_fraction <= 1.0:  # 1: every image is tested (evaluating on a whole folder)
+            raise DataError(f"data.test_fraction must be in [0, 1], got {test_fraction}")
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if not isinstance(size, int) or size < 1:
                 raise DataError(f"data.{name} must be a positive whole number, got {size!r}")
@@ -265,9 +266,15 @@ class DataModule(L.LightningDataModule):
         }
         n_test = held_out(self.test_fraction, len(full_train)) if sets["test"] is None else 0
         n_val = held_out(self.val_fraction, len(full_train) - n_test) if sets["val"] is None else 0
+        testing_all = sets["test"] is None and self.test_fraction == 1.0
+        if testing_all and stage != "test":
+            raise DataError(
+                "data.test_fraction=1 tests every image and leaves none to train on: it is for "
+                "python -m image_classification.evaluate (a fraction below 1 holds out a test set)"
+            )
         if sets["test"] is None and n_test == 0:
             raise DataError("there is no test set: configure data.test_set or set data.test_fraction > 0")
-        if sets["val"] is None and n_val == 0:
+        if sets["val"] is None and n_val == 0 and not testing_all:
             raise DataError("there is no validation set: configure data.val_set or set data.val_fraction > 0")
         stream = isinstance(full_train, IterableDataset)
         if stream and (n_test or n_val):
@@ -277,6 +284,7 @@ class DataModule(L.LightningDataModule):
         targets = dataset_targets(full_train) if not streamed else None
         (test, val), train = stratified_hold_out(targets, len(full_train), (n_test, n_val), self.split_seed)
         held = {"test": test, "val": val}
+        self.held_out_splits = [name for name in ("val", "test") if sets[name] is None]
         train_transform = self.eval_transform if self.features is not None else self.train_transform
         if streamed:  # shards: read and transformed in the stream, each process and worker its own part
             self.datasets["train"] = full_train.stream(train_transform, self.bad_images["train"])
@@ -295,11 +303,12 @@ class DataModule(L.LightningDataModule):
                 )
         self.classes = class_names(full_train)
         self._check_classes(full_train, sets)
-        for name in SPLITS:
+        for name in ("test",) if testing_all else SPLITS:
             if len(self.datasets[name]) == 0:
                 raise DataError(f"the {name} set is empty: check the data folder and the split fractions")
-        image, label = self._first_readable("train")
-        batch_transform = self.train_batch_transform if self.features is None else self.eval_batch_transform
+        image, label = self._first_readable("test" if testing_all else "train")
+        training = self.features is None and not testing_all
+        batch_transform = self.train_batch_transform if training else self.eval_batch_transform
         if batch_transform is not None:
             image = batch_transform(image[None], torch.tensor([label]))[0][0]
         self._check_image(image)
@@ -311,12 +320,12 @@ class DataModule(L.LightningDataModule):
                 self.datasets[name] = TensorDataset(features, labels, *ids)
 
     def _first_readable(self, split: str) -> tuple[Any, Any]:
-        """The first training sample whose image can be read (for the checks of ``setup``)."""
+        """The first sample of ``split`` whose image can be read (for the checks of ``setup``)."""
         dataset = self.datasets[split]
         for index in range(len(dataset)):
             sample = dataset[index]
             if sample is not None:
-                return sample
+                return sample[:2]
         raise DataError(f"none of the {split} set's {len(dataset)} images can be read")
 
     def cached_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
