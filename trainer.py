@@ -57,6 +57,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, show_config: bool
     start = time.perf_counter()
     quiet_library_noise()
     check_types(cfg)
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**32:  # NumPy's seeds
+        raise UserError(f"seed must be a whole number from 0 to {2**32 - 1}, or null, not {cfg.seed}")
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = runs.resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if cfg.seed is not None:
@@ -68,6 +70,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, show_config: bool
     datamodule.prepare_data()  # one process at a time, however many there are
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes, datamodule)
+    if cfg.fit is None:  # a probe fitted in closed form (kNN) gives nothing before its fit
+        module.check_input(datamodule.example, len(datamodule.classes))
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # read once, memory-mapped
     runs.check_resumable(ckpt_path, checkpoint, cfg.trainer.max_epochs)
     runs.check_fits(ckpt_path, checkpoint, module)

@@ -75,7 +75,8 @@ def check(cfg: DictConfig) -> int:
 
     for split in SPLITS:
         listed = ", ".join(f"{classes[c]} {n}" for c, n in sorted(counts[split].items()))
-        log.info(f"{split}: {sum(counts[split].values())} readable images, {len(counts[split])} classes ({listed})")
+        readable = sum(counts[split].values())
+        log.info(f"{split}: {count(readable, 'readable image')}, {count(len(counts[split]), 'class')} ({listed})")
     empty = [(split, name) for split in SPLITS for c, name in enumerate(classes) if not counts[split][c]]
     duplicates = [sorted(files) for files in by_hash.values() if len({split for split, _ in files}) > 1]
     for file, problem in unreadable:
@@ -86,10 +87,15 @@ def check(cfg: DictConfig) -> int:
         log.warning("the same image in two splits: " + " = ".join(f"{file} ({split})" for split, file in files))
     problems = len(unreadable) + len(empty) + len(duplicates)
     log.info(
-        f"{len(scan)} images checked: {len(unreadable)} unreadable, {len(empty)} empty classes, {len(duplicates)} "
-        "images in more than one split" + ("" if problems else ": nothing to fix")
+        f"{count(len(scan), 'image')} checked: {len(unreadable)} unreadable, {count(len(empty), 'empty class')}, "
+        f"{count(len(duplicates), 'image')} in more than one split" + ("" if problems else ": nothing to fix")
     )
     return 1 if problems else 0
+
+
+def count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``1 class``, ``3 classes``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
 def main(argv: list[str] | None = None) -> int:

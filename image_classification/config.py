@@ -4,7 +4,9 @@ the configs use."""
 
 import collections.abc
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import re
 import signal
@@ -72,7 +74,11 @@ def run_config_policy() -> RunConfigPolicy:
 
 
 def check_trainer(trainer: Mapping[str, Any]) -> None:
-    """Refuse a GPU accelerator on a machine without one, with the fix, before Lightning's traceback."""
+    """Refuse a GPU accelerator on a machine without one, with the fix, and counts Lightning divides by that are
+    not 1 or more, before Lightning's traceback."""
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise UserError(f"trainer.accumulate_grad_batches must be 1 or more, not {accumulate}")
     accelerator = str(trainer.get("accelerator"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
@@ -97,6 +103,10 @@ SIMPLE_TYPES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
     collections.abc.Sequence: ("a list", lambda value: isinstance(value, ListConfig | list | tuple)),
     dict: ("a mapping", lambda value: isinstance(value, DictConfig | dict)),
     collections.abc.Mapping: ("a mapping", lambda value: isinstance(value, DictConfig | dict)),
+    Path: ("a path", lambda value: isinstance(value, str)),
+    os.PathLike: ("a path", lambda value: isinstance(value, str)),
+    # an object built from a config of its own (a transform): never a plain value
+    collections.abc.Callable: ("a config with a _target_", lambda value: isinstance(value, DictConfig | dict)),
 }
 
 
@@ -113,6 +123,19 @@ def _alternatives(annotation: Any) -> list[tuple[str, Callable[[Any], bool]]] | 
         ]
     simple = SIMPLE_TYPES.get(origin or annotation)
     return [simple] if simple else None
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """What the top-level keys of a run's config (configs/train.yaml) declare: the types ``check_types`` holds
+    them to, as a ``_target_``'s annotations declare the keys under it."""
+
+    task_name: str = "train"
+    seed: int | None = 42  # 0 to 2**32 - 1 (NumPy's seeds)
+    ckpt_path: str | None = None
+    resume: typing.Literal["auto"] | None = None
+    optimized_metric: str | None = None
+    print_config: bool = True
 
 
 def _annotations(target: str) -> dict[str, Any]:
@@ -134,6 +157,8 @@ def check_types(cfg: DictConfig) -> None:
         node = nodes.pop()
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         hints = _annotations(target) if isinstance(target, str) else {}
+        if node is cfg:
+            target, hints = "the run", typing.get_type_hints(RunSettings)
         for key in node if isinstance(node, DictConfig) else range(len(node)):
             try:
                 value = node[key]
@@ -145,12 +170,16 @@ def check_types(cfg: DictConfig) -> None:
                 isinstance(value, list) or value is None and node.get("_partial_")
             ):  # a resolver's list (per_channel): as a list in the config, not checked
                 continue
+            elif isinstance(value, float) and math.isnan(value):
+                raise UserError(f"{node._get_full_key(key)} must not be NaN: give the value it takes")
             elif isinstance(key, str) and key in hints:
                 alternatives = _alternatives(hints[key])
                 if alternatives and not any(admits(value) for _, admits in alternatives):
                     expected = " or ".join(dict.fromkeys(words for words, _ in alternatives))
                     shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
                     raise UserError(f"{node._get_full_key(key)} must be {expected} (for {target}), not {shown}")
+                if value == "" and any(words == "a path" for words, _ in alternatives or []):
+                    raise UserError(f"{node._get_full_key(key)} must be a path (for {target}), not empty text")
 
 
 def one_line(err: BaseException) -> str:
@@ -314,6 +343,9 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     # Not so: the training loader continues its epoch through the DataModule's state (data/sampling.py)
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    # a finished run resumed, or a checkpoint evaluated, asks for the best validation accuracy it restored
+    # without a validation of its own: the value restored is the one meant
+    warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric MaxMetric was called before")
     # litdata's notes on how it reads shards (in place, or its cache's size) on every split of every run
     logging.getLogger("litdata").setLevel(logging.WARNING)
 

@@ -71,6 +71,12 @@ class ClassificationModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_config = dict(scheduler) if scheduler is not None else None
+        if scheduler is not None:  # Lightning's lr_scheduler keys, which it checks only once training starts
+            interval, frequency = scheduler.get("interval", "epoch"), scheduler.get("frequency", 1)
+            if interval not in ("step", "epoch"):
+                raise UserError(f"scheduler.interval must be step or epoch, not {interval!r}")
+            if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+                raise UserError(f"scheduler.frequency must be a whole number, 1 or more, not {frequency!r}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.top_k = top_k if 1 < top_k < num_classes else None
         # micro: the fraction of images classified right (torchmetrics' default is the per-class mean)
@@ -244,6 +250,29 @@ class ClassificationModule(L.LightningModule):
             return factory(optimizer)
         except (TypeError, ValueError) as err:
             raise UserError(f"scheduler: {err}") from err
+
+    def check_input(self, example: torch.Tensor, num_classes: int) -> None:
+        """Run the network on one image as the data gives it (eval mode, no gradient): a network that does not
+        take the data's images (channels, size), or gives another number of classes, is one line before
+        anything is written, not a traceback in the first step."""
+        network, training = self.network, self.network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                logits = network(example[None].float())
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            shape = "x".join(map(str, example.shape))
+            raise UserError(
+                f"the network ({type(network).__name__}) does not take the data's images ({shape}): "
+                f"{' '.join(str(err).split())[:300]}; check network.in_chans/in_channels and data.image_size"
+            ) from None
+        finally:
+            network.train(training)
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise UserError(
+                f"the network gives {tuple(logits.shape[1:])} outputs per image for the data's {num_classes} "
+                f"classes: set network.num_classes={num_classes} (it follows data.num_classes by default)"
+            )
 
     def check_optimization(self, saved_states: Sequence[Any] = ()) -> None:
         """Build the optimizer and scheduler once, so a bad value (``optimizer.lr=-1``) fails before the run

@@ -12,6 +12,7 @@ import glob
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         collate_fn=_unbatched,
     )
     predictions, unreadable = {}, []
-    for items in track(loader, description=f"Classifying {len(files)} images", transient=True):
+    # a progress bar on a terminal only: piped or logged, it would leave an empty line
+    progress = track(
+        loader, description=f"Classifying {len(files)} images", transient=True, disable=not sys.stdout.isatty()
+    )
+    for items in progress:
         readable = []
         for index, image, reason in items:
             if reason is not None:

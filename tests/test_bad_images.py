@@ -160,3 +160,14 @@ def test_a_report_names_each_prediction_by_its_own_file_when_a_test_image_is_ski
         assert example["label"] == example["id"].split("/")[-2], example
     assert report["unreadable"] == [str(broken)]
     assert report["backbone"]["name"] == "SmallCNN (trained)"  # what was evaluated: a network trained here
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    from image_classification.check_data import count
+
+    assert [count(1, "image"), count(2, "image"), count(1, "class"), count(0, "empty class")] == [
+        "1 image",
+        "2 images",
+        "1 class",
+        "0 empty classes",
+    ]

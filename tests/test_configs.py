@@ -1,6 +1,7 @@
 """Every choice of every config group composes and instantiates into a working object."""
 
 import functools
+import random
 import re
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import torch
 from conftest import (
     CONFIGS,
     choices,
+    compose_config,
     write_cifar10,
     write_image_folder,
     write_imagenet,
@@ -271,3 +273,49 @@ def test_every_shipped_value_has_the_type_its_target_declares(make_config, group
 def test_a_value_of_the_wrong_type_is_named_before_anything_runs(make_config, override, message):
     with pytest.raises(UserError, match=re.escape(message)):
         check_types(make_config(override))
+
+
+WRONG_VALUES = ["abc", "nan", "-1", "0", "''"]  # text for a number, NaN, a negative or zero count, empty text
+
+
+def leaf_keys(node, prefix=""):
+    """The dotted keys of a config's leaves (lists and ``_target_``-like keys left out)."""
+    from omegaconf import DictConfig, ListConfig
+
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            yield from leaf_keys(child, f"{prefix}{key}.")
+        elif not isinstance(child, ListConfig) and not str(key).startswith("_"):
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.slow
+def test_wrong_values_for_any_leaf_key_are_one_line_errors_or_run_never_a_traceback(tmp_path):
+    """Every leaf key of the default config with a wrong value, in a fast dev run: a UserError (the one line the
+    command prints) or a run, never another exception (a traceback). The keys take the wrong values in turn,
+    from a random offset (printed when it fails), so that runs over time try every pair."""
+    import logging
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    import trainer
+
+    keys = [k for k in leaf_keys(compose_config(tmp_path, "debug=fdr")) if not k.startswith(("paths.", "hydra."))]
+    assert len(keys) > 60
+    offset = random.randrange(len(WRONG_VALUES))
+    tracebacks = []
+    logging.disable(logging.WARNING)
+    try:
+        for i, key in enumerate(keys):
+            value = WRONG_VALUES[(i + offset) % len(WRONG_VALUES)]
+            try:
+                trainer.train(compose_config(tmp_path / "runs" / key, "debug=fdr", f"{key}={value}"))
+            except (UserError, OmegaConfBaseException, HydraException):
+                pass
+            except Exception as err:
+                tracebacks.append(f"{key}={value}: {type(err).__name__}: {err}"[:300])
+    finally:
+        logging.disable(logging.NOTSET)
+    assert not tracebacks, f"offset {offset}:\n" + "\n".join(tracebacks)

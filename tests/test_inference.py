@@ -181,6 +181,8 @@ def test_predict_as_a_command(folder_run, tmp_path):
     run = subprocess.run([sys.executable, "-m", "image_classification.predict", *args], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert len(out.read_text().splitlines()) == 19
+    printed = (run.stdout + run.stderr).splitlines()  # one line, no empty one before it (a progress bar's)
+    assert printed == [f"18 images classified, 0 unreadable: {out}"], printed
     run = subprocess.run(
         [sys.executable, "-m", "image_classification.predict", "input=x.png", "topk=3"], capture_output=True, text=True
     )

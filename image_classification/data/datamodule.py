@@ -172,6 +172,8 @@ class DataModule(L.LightningDataModule):
             raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if not 0.0 <= test_fraction <= 1.0:  # 1: every image is tested (evaluating on a whole folder)
             raise DataError(f"data.test_fraction must be in [0, 1], got {test_fraction}")
+        if not isinstance(split_seed, int) or split_seed < 0:
+            raise DataError(f"data.split_seed must be a whole number, 0 or more, not {split_seed!r}")
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if not isinstance(size, int) or size < 1:
                 raise DataError(f"data.{name} must be a positive whole number, got {size!r}")
@@ -312,6 +314,7 @@ class DataModule(L.LightningDataModule):
         if batch_transform is not None:
             image = batch_transform(image[None], torch.tensor([label]))[0][0]
         self._check_image(image)
+        self.example = image  # a training image as the network gets it (for the network's check)
         self.images = dict(self.datasets)
         if self.features is not None:
             for name in SPLITS:
