@@ -71,7 +71,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, show_config: bool
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.classes, datamodule)
     if cfg.fit is None:  # a probe fitted in closed form (kNN) gives nothing before its fit
-        module.check_input(datamodule.example, len(datamodule.classes))
+        module.check_input(datamodule.example, datamodule.num_classes)
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # read once, memory-mapped
     runs.check_resumable(ckpt_path, checkpoint, cfg.trainer.max_epochs)
     runs.check_fits(ckpt_path, checkpoint, module)

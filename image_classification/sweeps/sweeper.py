@@ -212,7 +212,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
                     self._tell(study, trials, returns)
                     to_go -= len(trials)
                     self._stop_when_failing_alike()
-            if not self.completed:
+            if not self.completed and self.n_trials > 0:  # n_trials=0: the report alone
                 raise UserError(f"no trial of the sweep completed: {self._errors_summary()}")
         finally:
             best = write_report(study, self.config.hydra.sweep.dir, plots=self.plots)
