@@ -38,7 +38,7 @@ from image_classification.config import (
     run_config_policy,
     user_message,
 )
-from image_classification.errors import UserError
+from image_classification.errors import Diverged, UserError
 from image_classification.evaluation import fit_closed_form
 from image_classification.loggers import continue_logs
 
@@ -87,6 +87,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, show_config: bool
     trainer = instantiate(cfg.trainer, "trainer", callbacks=callback_list, logger=list(loggers.values()) or False)
     if cfg.fit is None:
         datamodule.check_training_batches(trainer.world_size, trainer.limit_train_batches)
+        for key in ("max_epochs", "max_steps"):
+            if cfg.trainer.get(key) == 0:
+                raise UserError(f"trainer.{key}=0 trains on no batch: give 1 or more (-1: no limit)")
 
     if rank_zero_only.rank == 0:  # one process writes the run's records
         if show_config:
@@ -160,7 +163,7 @@ def objective(report: dict, name: str) -> float:
         raise UserError(f"optimized_metric {name!r} was not logged; available: {', '.join(sorted(metrics))}")
     value = float(metrics[name])
     if math.isnan(value):
-        raise UserError(f"optimized_metric {name} is NaN: the run diverged")
+        raise Diverged(f"optimized_metric {name} is NaN: the run diverged")
     return value
 
 

@@ -1,5 +1,6 @@
 """Checks for ``cluster=<choice>`` (configs/cluster), run by Hydra before any job is launched."""
 
+import os
 import shutil
 import sys
 from typing import Any
@@ -12,6 +13,8 @@ class SlurmReachable(Callback):
     ``--multirun`` (which alone goes through the launcher), say so in one line before anything starts."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        if "LOCAL_RANK" in os.environ:  # a DDP process Lightning started again from the job's command line
+            return
         sys.exit("Error: cluster=slurm submits jobs through Hydra's launcher, which --multirun alone uses: add it")
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:

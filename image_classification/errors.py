@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset that is missing, empty or inconsistent."""
+
+
+class Diverged(UserError):
+    """The run trained and its loss or objective became NaN or infinite: an outcome of its settings (a sweep's
+    trial with too high a learning rate), not a mistake in the config that every run would repeat."""

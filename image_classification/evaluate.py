@@ -188,7 +188,6 @@ def log_file(path: Path) -> Iterator[None]:
         handler.close()
 
 
-@run_config_policy()
 def tested_images(datamodule: Any) -> str:
     """How many images were tested, and which, for the command's output."""
     fraction = datamodule.test_fraction
@@ -204,6 +203,7 @@ def tested_images(datamodule: Any) -> str:
     return f"{len(datamodule.datasets['test']) - skipped} images, {how}{unread}"
 
 
+@run_config_policy()
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = (), data_overrides: Sequence[str] | None = ()) -> dict:
     """Test ``cfg.ckpt_path`` and write the run directory's records; returns metrics.json's contents.
 

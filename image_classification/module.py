@@ -19,7 +19,7 @@ from image_classification.checkpoint import (
     move_frozen_backbone,
     restore_frozen_backbone,
 )
-from image_classification.errors import UserError
+from image_classification.errors import Diverged, UserError
 from image_classification.networks.linear_probe import Backbone
 from image_classification.randomness import RANDOM_STATE_KEY, random_state, set_random_state
 from image_classification.schedulers import continue_schedule, fills_total_steps, scheduler_steps
@@ -163,7 +163,7 @@ class ClassificationModule(L.LightningModule):
             return loss
         where = f"step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite_loss == "stop":
-            raise UserError(
+            raise Diverged(
                 f"the training loss is {float(loss)} at {where}: lower optimizer.lr or set trainer.gradient_clip_val "
                 "(the checkpoints of the epochs before are kept), or skip such batches with module.nonfinite_loss=skip"
             )

@@ -200,7 +200,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def remove_failed_attempt(run_dir: Path, log_dir: Path | None = None) -> None:
     """Remove what an attempt that stopped at its checks left (Hydra's log file, and the run directory it made
-    for it, with its parents up to ``log_dir`` that are left empty), so that a failed attempt writes nothing; a
+    for it, with its parents below ``log_dir`` that are left empty), so that a failed attempt writes nothing; a
     directory holding anything else is left as it is."""
     if not run_dir.is_dir() or any(path.name != "trainer.log" for path in run_dir.iterdir()):
         return
@@ -214,7 +214,7 @@ def remove_failed_attempt(run_dir: Path, log_dir: Path | None = None) -> None:
         run_dir.rmdir()
         top = log_dir.resolve() if log_dir is not None else None
         parent = run_dir.resolve().parent
-        while top is not None and (parent == top or top in parent.parents) and not any(parent.iterdir()):
+        while top is not None and top in parent.parents and not any(parent.iterdir()):  # log_dir itself stays
             parent.rmdir()
             parent = parent.parent
 

@@ -220,7 +220,9 @@ def test_a_run_that_fails_its_checks_prints_no_config_tree_and_leaves_no_files(t
         timeout=300,
     )
     assert_clear_error(result, "data directory /nonexistent does not exist")
-    assert "CONFIG" not in result.stdout + result.stderr and not (tmp_path / "logs").exists()
+    assert "CONFIG" not in result.stdout + result.stderr
+    assert not any((tmp_path / "logs").iterdir())  # paths.log_dir itself stays
+
     empty = run_trainer(tmp_path, "hydra.run.dir=empty", "ckpt_path=last")
     assert_clear_error(empty, "ckpt_path=last: there is no")
     assert not (tmp_path / "empty").exists()

@@ -594,3 +594,19 @@ def test_grey_images_reach_an_rgb_backbone_as_rgb(make_config):
                       "network.backbone.network.model_name=ViT-S-32", "network.backbone.network.image_size=32",
                       "debug=fdr", "data.features.batch_size=512")  # fmt: skip
     assert 0 <= trainer.train(cfg)["metrics"]["test/acc"] <= 1
+
+
+def test_computing_features_leaves_the_backbone_where_it_was(tmp_path):
+    # on a GPU the cache moved the backbone there and left it, while the probe sharing it ran on the CPU
+    backbone = Backbone(small_classifier(0))
+    moves = []
+    original = backbone.to
+
+    def to(*args, **kwargs):
+        moves.append(str(args[0]))
+        return original(*args, **kwargs)
+
+    backbone.to = to
+    cache = FeatureCache(backbone, device="cpu")
+    cache.compute("train", torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8), torch.zeros(4)), None, quiet=True)
+    assert moves == ["cpu", "cpu"]  # to the cache's device, then back where it was

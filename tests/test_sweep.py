@@ -348,3 +348,39 @@ def test_the_setting_of_a_study_is_its_fixed_overrides_less_those_that_do_not_ch
     differences = r"no seed then, seed=3 now; trainer.max_epochs=2 then, trainer.max_epochs=1 now"
     with pytest.raises(UserError, match=differences):
         check_same_setting(study, {**setting, "trainer.max_epochs": "1", "seed": "3"})
+
+
+class FailedJob:
+    """A Hydra job that raised ``error``, as the launcher returns it."""
+
+    hydra_cfg = None
+    _return_value = None
+
+    def __init__(self, error):
+        self.error = error
+
+    @property
+    def return_value(self):
+        raise self.error
+
+
+def test_three_trials_failing_alike_stop_a_sweep_but_diverged_ones_do_not():
+    from image_classification.errors import Diverged, UserError
+    from image_classification.sweeps.sweeper import StudySweeperImpl
+
+    def sweeper():
+        impl = object.__new__(StudySweeperImpl)
+        impl.n_trials, impl.max_failure_rate, impl.completed, impl.pruned, impl.errors = 30, 1.0, 0, 0, []
+        return impl, optuna.create_study()
+
+    impl, study = sweeper()  # a learning rate high enough to diverge: FAIL, and the sweep goes on
+    for _ in range(3):
+        impl._tell(study, [study.ask()], [FailedJob(Diverged("optimized_metric val/nll is NaN: the run diverged"))])
+        impl._stop_when_failing_alike()
+    impl, study = sweeper()  # data that cannot be read: every trial would fail the same way
+    for number in range(3):
+        impl._tell(study, [study.ask()], [FailedJob(UserError("data directory /x does not exist"))])
+        if number < 2:
+            impl._stop_when_failing_alike()
+    with pytest.raises(UserError, match="first 3 trials all failed with the same error, so it stops: UserError: data"):
+        impl._stop_when_failing_alike()

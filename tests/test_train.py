@@ -417,6 +417,8 @@ SMALLER_THAN_A_BATCH = ["data.batch_size=2048", "+data.drop_last=true"]
         pytest.param(
             ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 trains on no batch", id="limit-0"
         ),
+        pytest.param(["trainer.limit_train_batches=0.01"], "of the 21 training batches is less than one", id="0.01"),
+        pytest.param(["trainer.max_epochs=0"], "trainer.max_epochs=0 trains on no batch", id="max-epochs-0"),
     ],
 )
 def test_a_run_that_would_train_on_no_batch_is_refused_before_anything_is_written(

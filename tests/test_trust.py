@@ -513,3 +513,24 @@ def test_a_damaged_training_state_is_one_line_before_anything_runs(trained, tmp_
     with run_config_policy(), pytest.raises(UserError, match=message):
         trainer.train(cfg)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("command", ["trainer.train", "image_classification.evaluate.evaluate"])
+def test_the_commands_that_build_a_runs_own_config_run_under_its_policy(monkeypatch, command):
+    """train and evaluate instantiate the user's own config unrestricted, and read every file with torch.load as
+    data (the evaluate command had lost its decorator to a function inserted above it)."""
+    import importlib
+    import os
+
+    module_name, function = command.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen["weights_only"] = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        raise UserError("stop here")
+
+    monkeypatch.setattr(module, "quiet_library_noise", stop)
+    with pytest.raises(UserError, match="stop here"):
+        getattr(module, function)(None)
+    assert seen == {"weights_only": "1"}

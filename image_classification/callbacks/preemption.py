@@ -57,6 +57,9 @@ class Preemption(L.Callback):
             self.previous = {}
         if trainer.received_sigterm:  # came while Lightning's handler was in place: acted on after this batch
             self.received = signal.SIGTERM
+            connector = getattr(trainer, "_signal_connector", None)
+            if connector is not None:  # or Lightning's own check (under DDP, before every batch) ends the run
+                connector.received_sigterm = False
 
     def _stop_now(self, trainer: L.Trainer) -> bool:
         if trainer.world_size > 1:  # any process signalled stops all of them, after the same batch

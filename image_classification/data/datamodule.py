@@ -461,7 +461,13 @@ class DataModule(L.LightningDataModule):
 
     def check_training_batches(self, processes: int, limit: int | float | None) -> None:
         """Refuse a run that would train on no batch (Lightning only says so, then tests the initial weights):
-        a training split smaller than a batch with ``drop_last``, or ``limit_train_batches`` 0."""
+        a training split smaller than a batch with ``drop_last``, or ``limit_train_batches`` 0 or a fraction of
+        it that is less than one batch."""
+        if isinstance(limit, float) and 0 < limit < 1 and int(self.train_batches(processes) * limit) == 0:
+            raise UserError(
+                f"trainer.limit_train_batches={limit} of the {self.train_batches(processes)} training batches is "
+                "less than one: give a larger fraction, or a number of batches (trainer.limit_train_batches=1)"
+            )
         if limit == 0:
             raise UserError(
                 "trainer.limit_train_batches=0 trains on no batch: to test a checkpoint, run "

@@ -199,7 +199,17 @@ class FeatureCache:
         self, split: str, dataset: Dataset, batch_transform: Callable | None, quiet: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         start = time.perf_counter()
+        # back where it was afterwards: the probe that shares this backbone is moved by Lightning, with the rest
+        home = next(self.backbone.parameters(), torch.empty(0)).device
         self.backbone.to(self.device).eval()
+        try:
+            return self._compute(split, dataset, batch_transform, quiet, start)
+        finally:
+            self.backbone.to(home)
+
+    def _compute(
+        self, split: str, dataset: Dataset, batch_transform: Callable | None, quiet: bool, start: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         bad_images = BadImages("skip", 0, split)  # what the workers could not read, told to this process
         if isinstance(dataset, TransformedSubset):
             dataset = TransformedSubset(dataset.dataset, dataset.indices, dataset.transform, bad_images)

@@ -2,6 +2,7 @@
 and one line when they are not there, pointing to a weights file."""
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -9,6 +10,7 @@ from urllib.parse import urlparse
 from image_classification.errors import UserError
 
 # What a failed download raises, through huggingface_hub, urllib or httpx (matched by name: none is imported)
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 DOWNLOAD_ERRORS = ("Connect", "Timeout", "EntryNotFound", "OfflineMode", "URLError", "HTTPError", "gaierror")
 
 
@@ -26,7 +28,8 @@ def hub_access() -> Iterator[None]:
     and missing ones fail at once instead of after huggingface_hub's retries (about 50 s)."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or _reachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co"):
+    proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)  # the proxy resolves the host, not this machine
+    if constants.HF_HUB_OFFLINE or proxied or _reachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co"):
         yield
         return
     constants.HF_HUB_OFFLINE = True

@@ -58,6 +58,7 @@ def worker_commands(overrides: list[str], workers: int) -> tuple[list[list[str]]
             f"hydra.sweeper.n_trials={n}",
             f"hydra.sweeper.sampler.seed={settings['seed'] + 7919 * i}",
             "hydra.sweeper.plots=false",  # drawn once, when every worker has finished
+            "hydra.sweeper.require_completion=false",  # decided once, from all the workers' trials
         ]  # fmt: skip
         for i, n in enumerate(shares(settings["n_trials"], workers))
         if n > 0
@@ -73,7 +74,7 @@ def run(workers: int, overrides: list[str]) -> int:
     print(f"{len(commands)} workers on study {settings['study_name']} ({settings['storage']}), "
           f"{env['OMP_NUM_THREADS']} core(s) each", flush=True)  # fmt: skip
     # the study is created once, here: two workers creating one SQLite file at once collide
-    create_study(settings["storage"], settings["study_name"], settings["directions"])
+    before = len(create_study(settings["storage"], settings["study_name"], settings["directions"]).trials)
     processes = [subprocess.Popen(command, env=env) for command in commands]
 
     def stop(signum: int, frame: object) -> None:
@@ -94,6 +95,11 @@ def run(workers: int, overrides: list[str]) -> int:
     study = optuna.load_study(study_name=settings["study_name"], storage=open_storage(settings["storage"]))
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     write_report(study, settings["report_dir"] / f"{stamp}_study")
+    ran = study.get_trials(deepcopy=False)[before:]
+    finished = [t for t in ran if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    if ran and not finished:
+        print(f"Error: none of the {len(ran)} trials of the workers completed: their errors are above", flush=True)
+        return max(1, *codes, key=abs)
     return max(codes, key=abs)
 
 

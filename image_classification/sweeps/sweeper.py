@@ -30,7 +30,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from image_classification.errors import UserError
+from image_classification.errors import Diverged, UserError
 from image_classification.sweeps.report import write_report
 from image_classification.sweeps.storage import create_study
 
@@ -92,7 +92,9 @@ def ask(study: optuna.Study) -> optuna.Trial:
 
 
 # Overrides that change how a trial runs, not what it measures: a study may be continued with others.
-NOT_THE_SETTING = ("data.num_workers", "print_config", "logger", "paths.", "trial", "hydra.")
+NOT_THE_SETTING = (
+    "data.num_workers", "print_config", "logger", "paths.", "trial", "hydra.", "cluster", "trainer.accelerator",
+)  # fmt: skip
 FIXED_KEY = "fixed_overrides"  # the study's user attribute that keeps them
 
 
@@ -145,6 +147,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
         custom_search_space: str | None = None,
         params: Any = None,
         plots: bool = True,
+        require_completion: bool = True,
     ):
         sampler = instantiate(
             sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
@@ -154,6 +157,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
         )
         self.storage_url = storage
         self.plots = plots
+        self.require_completion = require_completion
 
     def _study(self, arguments: list[str]) -> tuple[optuna.Study, dict[str, Any], dict[str, Any], list[str]]:
         """The study (created, or continued), and the search space of ``params`` and the command line."""
@@ -181,7 +185,8 @@ class StudySweeperImpl(OptunaSweeperImpl):
         storage = self.storage_url if isinstance(self.storage_url, str) else None
         owner = f"{socket.gethostname()}:{os.getpid()}"
         to_go = self.n_trials
-        self.completed, self.errors = 0, []  # this sweep's completed trials, and its trials' errors
+        # this sweep's completed and pruned trials, and the errors of its failed ones (a diverged run's left out)
+        self.completed, self.pruned, self.errors = 0, 0, []
         try:
             with sigterm_interrupts():
                 while to_go > 0:
@@ -212,7 +217,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
                     self._tell(study, trials, returns)
                     to_go -= len(trials)
                     self._stop_when_failing_alike()
-            if not self.completed and self.n_trials > 0:  # n_trials=0: the report alone
+            if not self.completed and not self.pruned and self.n_trials > 0 and self.require_completion:
                 raise UserError(f"no trial of the sweep completed: {self._errors_summary()}")
         finally:
             best = write_report(study, self.config.hydra.sweep.dir, plots=self.plots)
@@ -224,7 +229,7 @@ class StudySweeperImpl(OptunaSweeperImpl):
 
     def _errors_summary(self) -> str:
         if not self.errors:
-            return "every trial was pruned"
+            return "every trial diverged (its loss or objective became NaN)"
         first = self.errors[0]
         same = sum(error == first for error in self.errors)
         return f"{same} of {len(self.errors)} failed trials with {first}"
@@ -232,8 +237,8 @@ class StudySweeperImpl(OptunaSweeperImpl):
     def _stop_when_failing_alike(self, first: int = 3) -> None:
         """The sweep's first trials (``first``, or all of them in fewer) all failed with the same error: the
         others would too (a dataset that cannot be read, a typo in a fixed override)."""
-        tried = len(self.errors) + self.completed
-        if self.completed or tried < min(first, self.n_trials) or len(set(self.errors)) != 1:
+        tried = len(self.errors) + self.completed + self.pruned
+        if self.completed or self.pruned or tried < min(first, self.n_trials) or len(set(self.errors)) != 1:
             return
         raise UserError(
             f"the sweep's first {tried} trials all failed with the same error, so it stops: {self.errors[0]}"
@@ -247,23 +252,25 @@ class StudySweeperImpl(OptunaSweeperImpl):
             trial.set_user_attr("run_dir", str(job.hydra_cfg.hydra.runtime.output_dir) if job.hydra_cfg else None)
             if isinstance(getattr(job, "_return_value", None), optuna.TrialPruned):  # not an error to report
                 study.tell(trial, state=TrialState.PRUNED)
+                self.pruned += 1
                 continue
             try:
                 value = float(job.return_value)
             except Exception as err:  # the job raised, or returned no number
-                from image_classification.config import user_message
+                from image_classification.config import _root_cause, user_message
 
                 study.tell(trial, state=TrialState.FAIL)
                 error = f"{type(err).__name__}: {user_message(err)}"
                 log.warning(f"Trial {trial.number} failed: {error}")
                 failures.append(error)
+                if not isinstance(_root_cause(err), Diverged):  # its settings' outcome, not every trial's error
+                    self.errors.append(error)
                 continue
             frozen = study.tell(trial, values=[value])  # Optuna records a NaN value as FAIL
             if frozen.state == TrialState.FAIL:
                 failures.append(f"the objective is {value}")
             else:
                 self.completed += 1
-        self.errors += failures
         if failures and len(failures) / len(returns) > self.max_failure_rate:
             raise UserError(
                 f"{len(failures)} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate}): "
