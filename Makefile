@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## train the default job (digits); pass overrides as ARGS="experiment=mnist ..."
 	$(BIN)/python trainer.py $(ARGS)
 
-test: $(STAMP)  ## the test suite without the tests marked slow (about 12 minutes on 2 cores)
+test: $(STAMP)  ## the test suite without the tests marked slow
 	$(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(STAMP)  ## the tests marked slow: whole recipes, the README's longer examples, sweeps (CI runs them too)

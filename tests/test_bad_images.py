@@ -75,6 +75,7 @@ def run_on(tmp_path, root, *overrides):
                        "data.num_workers=2", "trainer.max_epochs=2", "logger=none", *overrides)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_broken_files_are_skipped_each_named_once_and_the_run_ends(tmp_path):
     root, _ = write_awkward_folder(tmp_path / "photos")
     result = run_on(tmp_path, root, "data.max_bad_images=3", "hydra.run.dir=logs/skip")

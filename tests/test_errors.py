@@ -177,6 +177,7 @@ def test_an_image_size_that_is_not_positive_is_one_line(tmp_path, make_config):
             instantiate(make_config(*data, setting).data, "data")
 
 
+@pytest.mark.slow
 def test_cluster_slurm_where_slurm_is_not_reachable_is_one_line(tmp_path):
     # submitit's 25-line traceback ended in 'Could not detect "srun"'
     result = run_trainer(tmp_path, "--multirun", "cluster=slurm", "trainer.max_epochs=1")
@@ -210,6 +211,7 @@ def test_a_missing_folder_or_file_is_named_by_the_key_the_user_set(make_config, 
     assert "resolving interpolation" not in text and "object_type" not in text
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_its_checks_prints_no_config_tree_and_leaves_no_files(tmp_path):
     # the error came at the bottom of a 200-line config tree, and logs/<task>/runs/<time>/trainer.log stayed
     result = subprocess.run(

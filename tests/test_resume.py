@@ -32,6 +32,7 @@ def step(run):
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_takes_its_saved_config_and_a_failed_attempt_changes_nothing(tmp_path):
     run = tmp_path / "logs" / "run"
     first = run_trainer(tmp_path, "hydra.run.dir=logs/run", "trainer.max_epochs=2", "seed=3", *QUICK)
@@ -80,6 +81,7 @@ def test_resuming_into_another_network_is_one_line_before_anything_runs(make_con
 BREAK = ["+callbacks.break_saving._target_=tests.helpers.BreakCheckpointSaving", "+callbacks.break_saving.epoch=1"]
 
 
+@pytest.mark.slow
 def test_killed_while_saving_the_checkpoint_before_stays_and_the_rerun_continues(tmp_path):
     run = tmp_path / "logs" / "run"
     killed = run_trainer(tmp_path, "hydra.run.dir=logs/run", "trainer.max_epochs=3", *QUICK, *BREAK,
@@ -195,7 +197,7 @@ def test_resume_auto_starts_fresh_then_continues_and_the_logs_hold_each_step_onc
     assert read_checkpoint(tmp_path / "logs/run/checkpoints/last.ckpt")["epoch"] == 3
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("name", ["SIGTERM", pytest.param("SIGUSR1", marks=pytest.mark.slow)])
 def test_a_preempted_run_saves_its_epoch_in_progress_and_the_rerun_finishes_it(tmp_path, name):
     signal_at = ["+callbacks.signal._target_=tests.helpers.SignalSelf", "+callbacks.signal.epoch=1",
                  "+callbacks.signal.batch=1", f"+callbacks.signal.signal={name}"]  # fmt: skip
@@ -296,7 +298,7 @@ KILL = ["+callbacks.kill._target_=tests.helpers.SignalSelf", "+callbacks.kill.si
     "setting, kill_at, saved_step",
     [
         # mixup and cutmix draw from the main process's generator: restored from the checkpoint
-        pytest.param("digits", (1, 6), 16, id="mid-epoch"),
+        pytest.param("digits", (1, 6), 16, id="mid-epoch", marks=pytest.mark.slow),
         # only epoch-end checkpoints, and epochs cut short by limit_train_batches
         pytest.param("digits-short-epochs", (2, 1), 10, id="epoch-end", marks=pytest.mark.slow),
         # per-image augmentation in 2 loader workers: each image's own seed
@@ -425,6 +427,7 @@ def test_a_submitit_job_preempted_is_requeued_and_continues_to_the_run_never_sto
     assert metrics == expected_metrics
 
 
+@pytest.mark.slow
 def test_the_slurm_config_submits_one_task_per_gpu_told_to_save_before_its_time_limit(tmp_path):
     # No SLURM here: stand-ins for srun (which submitit looks for) and sbatch (which keeps the job script).
     bin_dir = tmp_path / "bin"

@@ -171,6 +171,7 @@ def test_a_resumed_stream_continues_where_it_stopped(make_config, tmp_path, monk
     assert fingerprints(resumed) == following  # the next epoch as the uninterrupted run's
 
 
+@pytest.mark.slow
 def test_a_run_trains_and_tests_on_shards(tmp_path):
     root = write_distinct_folder(tmp_path / "photos", per_class=8)
     out = shards_of(tmp_path, root)
@@ -220,6 +221,7 @@ def test_shards_of_grey_images_train_and_check_with_one_channel_normalization(ma
     assert check_data(["data=shards", f"data.root={out}"]) == 0
 
 
+@pytest.mark.slow
 def test_a_linear_evaluation_reads_its_features_from_shards(make_config, tmp_path):
     """Cached features read the training split in order (not streamed), by the held-out indices NumPy gives."""
     import trainer

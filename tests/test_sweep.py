@@ -89,6 +89,7 @@ def test_the_objective_tells_fully_trained_trials_apart(tmp_path):
     assert reported == pytest.approx(values)
 
 
+@pytest.mark.slow
 def test_a_linear_evaluation_sweep_extracts_the_features_once(tmp_path):
     result = sweep(tmp_path, "hp_search=linear_eval_optuna", "hydra.sweeper.n_trials=3")
     log = result.stdout + result.stderr
@@ -121,6 +122,7 @@ def random_seed_drawing(choices, order):
     raise AssertionError(f"no seed draws {order}")
 
 
+@pytest.mark.slow
 def test_a_clearly_worse_trial_is_pruned_and_the_sweep_reports_every_trial(tmp_path):
     # Everything fixed but the learning rate, drawn by a seed that gives two trials at lr 3e-3 (the same run
     # twice), then one at lr 1e-9, which learns nothing: after its first epoch its validation NLL is far above
@@ -205,6 +207,7 @@ def running_sweep(tmp_path, name, epochs):
     raise AssertionError(process.communicate()[0][-3000:])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_sweep_and_a_killed_sweeps_trial_is_failed_when_it_starts_again(tmp_path):
     process, search = running_sweep(tmp_path, "stop", epochs=300)
     process.send_signal(signal.SIGTERM)
@@ -242,6 +245,7 @@ def test_two_joblib_jobs_run_a_batch_of_trials_in_parallel(tmp_path):
     assert "…" not in result.stdout + result.stderr  # the table of trials is printed whole
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_study(tmp_path):
     command = [sys.executable, "-m", "image_classification.sweeps", "--workers", "2", "hp_search=digits_optuna",
                "hydra.sweeper.n_trials=5", *QUICK]  # fmt: skip
@@ -267,6 +271,7 @@ def readme_env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow
 def test_a_study_storage_cannot_run_code_through_its_trials(tmp_path):
     """A sweep's storage comes from outside. Optuna's CMA-ES sampler unpickles the state it finds in the study's
     trials, so it is refused on a stored study, in one line, before the study is read; and a trial planted with
