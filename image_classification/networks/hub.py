@@ -54,7 +54,9 @@ def could_not_download(err: BaseException, what: str, key: str) -> UserError | N
     failed = download_failed(err)
     if failed is None:
         return None
-    reason = " ".join(str(failed).split())[:200]
+    from image_classification.config import one_line  # imported here: config imports the networks' package
+
+    reason = one_line(failed)[:200]
     return UserError(
         f"{key}: {what} could not be downloaded ({type(failed).__name__}: {reason}); download them where there "
         "is a network (they are cached), or give a weights file with network.checkpoint=<file>"

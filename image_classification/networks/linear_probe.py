@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from image_classification.networks.features import feature_count
-from image_classification.networks.weights import load_weights, weights_digest
+from image_classification.networks.weights import first_conv, load_weights, weights_digest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,7 +38,7 @@ class Backbone(nn.Module):
         self.network.requires_grad_(False)
         self.network.eval()
         self.num_features = features
-        conv = next((m for m in self.network.modules() if isinstance(m, nn.Conv2d)), None)
+        conv = first_conv(self.network)[1]
         self.in_channels = conv.in_channels if conv is not None else None  # None: whatever the network takes
         self.dtype = DTYPES[dtype]
         self._digest: str | None = None

@@ -44,9 +44,9 @@ def head_keys(network: nn.Module) -> set[str]:
     return keys
 
 
-def _first_conv(network: nn.Module) -> str | None:
-    """The state-dict key of the weight of ``network``'s first 2-D convolution (the one that sees the image)."""
-    return next((f"{name}.weight" for name, m in network.named_modules() if isinstance(m, nn.Conv2d)), None)
+def first_conv(network: nn.Module) -> tuple[str, nn.Conv2d] | tuple[None, None]:
+    """``network``'s first 2-D convolution (the one that sees the image), with its name."""
+    return next(((name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
 
 
 def load_weights(network: nn.Module, path: str | Path, key: str = "network.checkpoint") -> nn.Module:
@@ -64,14 +64,15 @@ def load_weights(network: nn.Module, path: str | Path, key: str = "network.check
     name = type(network).__name__
     if not set(state) & set(own):
         raise UserError(f"{key}: none of the {len(state)} tensors in {path} belongs to {name}")
-    first_conv = _first_conv(network)
-    if first_conv in state and first_conv in own:
-        theirs, ours = state[first_conv], own[first_conv]
+    name_of_first = first_conv(network)[0]
+    first = f"{name_of_first}.weight" if name_of_first is not None else None
+    if first in state and first in own:
+        theirs, ours = state[first], own[first]
         if theirs.ndim == 4 and theirs.shape[1] != ours.shape[1] and theirs.shape[2:] == ours.shape[2:]:
             from timm.models import adapt_input_conv
 
-            state[first_conv] = adapt_input_conv(ours.shape[1], theirs)
-            log.info(f"{path}: {first_conv} adapted from {theirs.shape[1]} input channels to {ours.shape[1]}")
+            state[first] = adapt_input_conv(ours.shape[1], theirs)
+            log.info(f"{path}: {first} adapted from {theirs.shape[1]} input channels to {ours.shape[1]}")
     head = head_keys(network)
     reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     for k in reshaped:
